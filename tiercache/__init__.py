@@ -1,0 +1,76 @@
+"""tiercache: an in-process L1 in front of a Redis L2.
+
+>>> from tiercache import TierCache
+>>> cache = TierCache(None)          # L1 only; pass a redis-py client for L1 + L2
+>>> cache.get_or_set("answer", lambda: 42)
+42
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from ._version import __version__
+from .cache import TierCache
+from .codec import MsgpackSerializer, Serializer
+from .defaults import configure, get_default, reset_default
+from .errors import (
+    CorruptEntryError,
+    L2Error,
+    NotConfiguredError,
+    SerializationError,
+    TierCacheError,
+)
+from .memoize import Memoized, memoize_with
+from .options import Duration
+
+__all__ = [
+    "CorruptEntryError",
+    "L2Error",
+    "Memoized",
+    "MsgpackSerializer",
+    "NotConfiguredError",
+    "SerializationError",
+    "Serializer",
+    "TierCache",
+    "TierCacheError",
+    "__version__",
+    "configure",
+    "get_default",
+    "memoize",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@overload
+def memoize(func: F, /) -> F: ...
+@overload
+def memoize(
+    func: None = None, /, *, ttl: Duration | None = None, ignore: Iterable[str] = ()
+) -> Callable[[F], F]: ...
+def memoize(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    ttl: Duration | None = None,
+    ignore: Iterable[str] = (),
+) -> Any:
+    """Cache a function's results in the default cache (``configure()``, ``TIERCACHE_URL``,
+    else L1-only), resolved at each call, so configuring after decorating works.
+
+    Use bare (``@memoize``) or with options (``@memoize(ttl=60)``). The decorated function
+    gains ``.invalidate(*args, **kw)`` and ``.cache_key(*args, **kw)``. Arguments must be of
+    types with a canonical encoding (see :mod:`tiercache.keys`); others raise ``TypeError``.
+
+    Since: 0.1.0
+    """
+    decorator = memoize_with(get_default, ttl=ttl, ignore=ignore)
+    if func is not None:
+        return decorator(func)
+    return decorator
+
+
+def _reset_default_for_tests() -> None:
+    reset_default()

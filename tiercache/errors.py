@@ -1,0 +1,67 @@
+"""Exceptions raised by tiercache.
+
+The tree::
+
+    TierCacheError(Exception)                   base for tiercache's own failures
+    ├── NotConfiguredError(..., RuntimeError)   the default cache could not be built
+    ├── SerializationError(..., TypeError)      a value cannot be encoded at ``set`` time
+    └── L2Error                                 Redis trouble; raised in ``l2.py`` and
+        └── CorruptEntryError                   caught in ``cache.py``: counted, logged,
+                                                turned into a miss (never reaches a reader)
+
+Bad arguments are plain :class:`TypeError` / :class:`ValueError` naming the argument, and
+exceptions raised by a loader propagate unchanged.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CorruptEntryError",
+    "L2Error",
+    "NotConfiguredError",
+    "SerializationError",
+    "TierCacheError",
+]
+
+
+class TierCacheError(Exception):
+    """Base class of every exception tiercache raises itself.
+
+    Since: 0.1.0
+    """
+
+
+class NotConfiguredError(TierCacheError, RuntimeError):
+    """The default cache was asked for but cannot be built (e.g. a bad ``TIERCACHE_URL``).
+
+    Since: 0.1.0
+    """
+
+
+class SerializationError(TierCacheError, TypeError):
+    """A value cannot be encoded by the cache's serializer; raised by ``set`` and friends.
+
+    It is a :class:`TypeError` too, since the caller handed over a value of a type the
+    serializer does not support; the message names that type.
+
+    Since: 0.1.0
+    """
+
+
+class L2Error(TierCacheError):
+    """The Redis tier failed (connection, timeout, server error).
+
+    Internal: reads turn it into a miss and writes log and count it, so callers of the
+    public API do not see it unless they opt in to raising writes.
+
+    Since: 0.1.0
+    """
+
+
+class CorruptEntryError(L2Error):
+    """Bytes found in Redis cannot be decoded as a tiercache entry.
+
+    Internal: counted in ``stats()["l2_corrupt"]``, logged once per key, served as a miss.
+
+    Since: 0.1.0
+    """

@@ -1,0 +1,72 @@
+"""Per-process single-flight: one load per key at a time; the other callers wait for it.
+
+Keys are independent: there is no global lock around a load, only a short one around the map
+of calls in progress (cachetools ``_cached.py`` style: lock the map, never the user's function).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["SingleFlight"]
+
+
+class _Call:
+    __slots__ = ("done", "error", "value", "waiters")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.waiters = 0
+
+
+class SingleFlight:
+    """Runs ``fn`` once per key among concurrent callers and shares its outcome.
+
+    Since: 0.1.0
+    """
+
+    __slots__ = ("_calls", "_lock")
+
+    def __init__(self) -> None:
+        # Guards _calls only; never held while fn runs.
+        self._lock = threading.Lock()
+        self._calls: dict[str, _Call] = {}
+
+    def run(self, key: str, fn: Callable[[], Any]) -> tuple[Any, bool]:
+        """Return ``(fn's result, whether this caller ran it)``; if ``fn`` raised, every
+        caller that waited for it gets the same exception."""
+        with self._lock:
+            call = self._calls.get(key)
+            leader = call is None
+            if call is None:
+                call = self._calls[key] = _Call()
+            else:
+                call.waiters += 1
+        if not leader:
+            call.done.wait()
+            if call.error is not None:
+                raise call.error
+            return call.value, False
+        try:
+            call.value = fn()
+        except BaseException as exc:
+            call.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._calls[key]
+            call.done.set()
+        return call.value, True
+
+    def in_flight(self) -> int:
+        """How many keys are being loaded right now."""
+        return len(self._calls)
+
+    def reset_after_fork(self) -> None:
+        """Forget calls in flight in the parent: their threads do not exist in the child."""
+        self._lock = threading.Lock()
+        self._calls = {}

@@ -1,0 +1,173 @@
+"""Cache keys: validation, the Redis key layout, and stable memoize keys.
+
+A memoize key must be the same in every process and after restarts, and two different calls
+must not share one. ``str()``/``repr()`` collide (``f("a b")`` vs ``f("a", "b")``) and
+``hash()`` is salted per process, so arguments are encoded canonically, with a type tag
+before every value, and hashed with BLAKE2b.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import inspect
+import struct
+import uuid
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["MEMO_PREFIX", "ArgumentKeyer", "check_key", "encode_argument"]
+
+#: Memoize keys start with this segment, then the function's module and qualified name.
+MEMO_PREFIX = "memo"
+
+
+def check_key(key: object, max_length: int, name: str = "key") -> str:
+    """Return ``key`` if it is a valid cache key, else raise naming ``name``.
+
+    Since: 0.1.0
+    """
+    if type(key) is not str:
+        if isinstance(key, str):
+            # A str subclass could override __eq__/__hash__ and collide in L1; store plain str.
+            return check_key(str(key), max_length, name)
+        raise TypeError(f"{name} must be a str, not {type(key).__name__}")
+    if not key:
+        raise ValueError(f"{name} must not be empty")
+    if len(key) > max_length:
+        raise ValueError(f"{name} is {len(key)} characters long; max_key_length is {max_length}")
+    return key
+
+
+def check_keys(keys: object, max_length: int, name: str = "keys") -> list[str]:
+    """Validate an iterable of keys (not a bare ``str``); return them as a list.
+
+    Since: 0.1.0
+    """
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+        raise TypeError(f"{name} must be an iterable of str keys, not {type(keys).__name__}")
+    return [check_key(k, max_length, f"{name}[{i}]") for i, k in enumerate(keys)]
+
+
+# One tag byte per type. Never renumber: keys persist in Redis across releases.
+_T_NONE, _T_TRUE, _T_FALSE, _T_INT, _T_FLOAT, _T_STR, _T_BYTES = b"NTFifsb"
+_T_TUPLE, _T_LIST, _T_DICT, _T_SET, _T_FROZENSET = b"tlDSZ"
+_T_DECIMAL, _T_DATETIME, _T_DATE, _T_TIME, _T_TIMEDELTA, _T_UUID, _T_ENUM, _T_CUSTOM = b"dWYHRUEC"
+
+_pack_len = struct.Struct("!I").pack
+
+
+def _frame(tag: int, payload: bytes) -> bytes:
+    return bytes((tag,)) + _pack_len(len(payload)) + payload
+
+
+def encode_argument(value: object, path: str = "argument") -> bytes:
+    """Encode ``value`` canonically; raise :class:`TypeError` naming ``path`` if unsupported.
+
+    Supported: None, bool, int, float, str, bytes, tuple, list, dict, set, frozenset, Decimal,
+    datetime/date/time/timedelta, UUID, Enum members, and any object with a
+    ``__tiercache_key__()`` method returning a supported value.
+
+    Since: 0.1.0
+    """
+    # Order matters: bool before int, datetime before date, Enum before its mixin type.
+    if value is None:
+        return bytes((_T_NONE,))
+    if value is True:
+        return bytes((_T_TRUE,))
+    if value is False:
+        return bytes((_T_FALSE,))
+    custom = getattr(type(value), "__tiercache_key__", None)
+    if custom is not None:
+        qual = f"{type(value).__module__}.{type(value).__qualname__}".encode()
+        return _frame(_T_CUSTOM, _frame(_T_STR, qual) + encode_argument(custom(value), path))
+    if isinstance(value, enum.Enum):
+        qual = f"{type(value).__module__}.{type(value).__qualname__}".encode()
+        return _frame(_T_ENUM, _frame(_T_STR, qual) + encode_argument(value.value, path))
+    if isinstance(value, int):
+        return _frame(_T_INT, str(int(value)).encode())
+    if isinstance(value, float):
+        return _frame(_T_FLOAT, float(value).hex().encode())
+    if isinstance(value, str):
+        return _frame(_T_STR, value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _frame(_T_BYTES, bytes(value))
+    if isinstance(value, tuple):
+        return _frame(_T_TUPLE, _join(value, path))
+    if isinstance(value, list):
+        return _frame(_T_LIST, _join(value, path))
+    if isinstance(value, dict):
+        items = sorted(
+            encode_argument(k, f"{path} key") + encode_argument(v, f"{path}[{k!r}]")
+            for k, v in value.items()
+        )
+        return _frame(_T_DICT, b"".join(items))
+    if isinstance(value, (set, frozenset)):
+        tag = _T_FROZENSET if isinstance(value, frozenset) else _T_SET
+        return _frame(tag, b"".join(sorted(encode_argument(v, f"{path} item") for v in value)))
+    if isinstance(value, Decimal):
+        return _frame(_T_DECIMAL, str(value).encode())
+    if isinstance(value, dt.datetime):
+        return _frame(_T_DATETIME, value.isoformat().encode() + _tzname(value.tzinfo))
+    if isinstance(value, dt.date):
+        return _frame(_T_DATE, value.isoformat().encode())
+    if isinstance(value, dt.time):
+        return _frame(_T_TIME, value.isoformat().encode() + _tzname(value.tzinfo))
+    if isinstance(value, dt.timedelta):
+        raw = f"{value.days}:{value.seconds}:{value.microseconds}"
+        return _frame(_T_TIMEDELTA, raw.encode())
+    if isinstance(value, uuid.UUID):
+        return _frame(_T_UUID, value.bytes)
+    raise TypeError(
+        f"cannot build a cache key from {path} of type {type(value).__qualname__}: use "
+        "str/int/float/bool/None/bytes, tuples, lists, dicts, sets, Decimal, datetime types, "
+        "UUID or Enum, or define __tiercache_key__() on the type"
+    )
+
+
+def _join(values: Iterable[object], path: str) -> bytes:
+    return b"".join(encode_argument(v, f"{path}[{i}]") for i, v in enumerate(values))
+
+
+def _tzname(tz: dt.tzinfo | None) -> bytes:
+    # isoformat() keeps the offset; a named zone additionally distinguishes DST rules.
+    key = getattr(tz, "key", None)
+    return b"@" + key.encode() if isinstance(key, str) else b""
+
+
+class ArgumentKeyer:
+    """Turns the arguments of calls to one function into stable cache keys.
+
+    Since: 0.1.0
+    """
+
+    __slots__ = ("_ignore", "_prefix", "_signature")
+
+    def __init__(self, func: Callable[..., Any], ignore: Iterable[str] = ()) -> None:
+        self._signature = inspect.signature(func)
+        ignored = frozenset(ignore)
+        unknown = ignored - self._signature.parameters.keys()
+        if unknown:
+            raise ValueError(f"ignore names parameters {sorted(unknown)} that {func!r} lacks")
+        self._ignore = ignored
+        name = f"{func.__module__}.{func.__qualname__}"
+        self._prefix = f"{MEMO_PREFIX}:{name}:"
+
+    @property
+    def prefix(self) -> str:
+        """The part every key of this function starts with."""
+        return self._prefix
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The key for one call; :class:`TypeError` if the arguments do not fit or encode."""
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        digest = hashlib.blake2b(digest_size=16)
+        for name, value in bound.arguments.items():
+            if name in self._ignore:
+                continue
+            digest.update(_frame(_T_STR, name.encode()))
+            digest.update(encode_argument(value, f"argument {name!r}"))
+        return self._prefix + digest.hexdigest()

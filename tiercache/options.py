@@ -1,0 +1,170 @@
+"""Validated, frozen settings shared by every part of a :class:`~tiercache.TierCache`.
+
+Every option is checked once, before any I/O, and a bad one raises :class:`TypeError` or
+:class:`ValueError` naming the argument. Durations accept seconds (``int``/``float``) or a
+:class:`datetime.timedelta`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+__all__ = [
+    "DEFAULT_COMPRESS_THRESHOLD",
+    "DEFAULT_L1_MAXSIZE",
+    "DEFAULT_L1_TTL",
+    "DEFAULT_MAX_KEY_LENGTH",
+    "DEFAULT_MAX_VALUE_BYTES",
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_TTL",
+    "TTL_JITTER",
+    "Duration",
+    "Settings",
+    "check_duration",
+    "check_optional_ttl",
+]
+
+Duration = float | int | timedelta
+
+DEFAULT_NAMESPACE = "tiercache"
+#: L2 lifetime of an entry, seconds.
+DEFAULT_TTL = 300.0
+#: How long a process may serve its L1 copy without hearing from L2, seconds. When ``ttl`` is
+#: shorter, ``l1_ttl`` defaults to ``ttl``.
+DEFAULT_L1_TTL = 30.0
+DEFAULT_L1_MAXSIZE = 10_000
+DEFAULT_MAX_KEY_LENGTH = 1024
+#: Serialized values at least this large are zstd-compressed. Measured on these machines
+#: (benchmarks/compression.py): below ~8 KiB zstd saves little Redis memory per CPU spent
+#: and never saves time on loopback; 8 KiB keeps most of the memory saving.
+DEFAULT_COMPRESS_THRESHOLD = 8 * 1024
+DEFAULT_MAX_VALUE_BYTES = 32 * 1024 * 1024
+#: L2 TTLs are shortened by a random fraction in [0, TTL_JITTER) so that keys written
+#: together do not all expire in the same instant.
+TTL_JITTER = 0.1
+
+# Redis keys are binary-safe, but a namespace ends up in channel names and log lines;
+# keep it to a conservative alphabet so it can never smuggle a ':' segment or spaces.
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+
+def check_duration(name: str, value: object, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as seconds, or raise naming ``name``.
+
+    Since: 0.1.0
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(f"{name} must be a number of seconds or a timedelta, not {value!r}")
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite duration {bound} seconds, got {value!r}")
+    return seconds
+
+
+def check_optional_ttl(name: str, value: object, default: float) -> float:
+    """Validate a per-call ``ttl``-like argument; ``None`` means the cache's default.
+
+    Since: 0.1.0
+    """
+    if value is None:
+        return default
+    return check_duration(name, value)
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The validated options of one cache. Build it with :meth:`Settings.build`.
+
+    Since: 0.1.0
+    """
+
+    namespace: str
+    ttl: float
+    l1_ttl: float
+    l1_maxsize: int
+    max_key_length: int
+    compress_threshold: int
+    max_value_bytes: int
+    raise_on_write_error: bool
+    timer: Callable[[], float] | None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        namespace: object = DEFAULT_NAMESPACE,
+        ttl: object = DEFAULT_TTL,
+        l1_ttl: object = None,
+        l1_maxsize: object = DEFAULT_L1_MAXSIZE,
+        max_key_length: object = DEFAULT_MAX_KEY_LENGTH,
+        compress_threshold: object = DEFAULT_COMPRESS_THRESHOLD,
+        max_value_bytes: object = DEFAULT_MAX_VALUE_BYTES,
+        raise_on_write_error: object = False,
+        timer: object = None,
+    ) -> Settings:
+        """Validate every option; raise :class:`TypeError`/:class:`ValueError` naming it."""
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+        if not _NAMESPACE_RE.fullmatch(namespace):
+            raise ValueError(
+                "namespace must be 1-128 characters of letters, digits, '_', '.', '-'; "
+                f"got {namespace!r}"
+            )
+        ttl_s = check_duration("ttl", ttl)
+        if l1_ttl is None:
+            l1_ttl_s = min(DEFAULT_L1_TTL, ttl_s)
+        else:
+            l1_ttl_s = check_duration("l1_ttl", l1_ttl)
+            if l1_ttl_s > ttl_s:
+                raise ValueError(
+                    f"l1_ttl ({l1_ttl_s:g} s) must not exceed ttl ({ttl_s:g} s): L1 may not "
+                    "outlive the L2 copy it mirrors"
+                )
+        maxsize = _check_int("l1_maxsize", l1_maxsize, 1)
+        key_len = _check_int("max_key_length", max_key_length, 1)
+        threshold = _check_int("compress_threshold", compress_threshold, 0)
+        max_bytes = _check_int("max_value_bytes", max_value_bytes, 1)
+        if not isinstance(raise_on_write_error, bool):
+            raise TypeError(f"raise_on_write_error must be a bool, not {raise_on_write_error!r}")
+        if timer is not None and not callable(timer):
+            raise TypeError(f"timer must be a callable returning seconds, not {timer!r}")
+        return cls(
+            namespace=namespace,
+            ttl=ttl_s,
+            l1_ttl=l1_ttl_s,
+            l1_maxsize=maxsize,
+            max_key_length=key_len,
+            compress_threshold=threshold,
+            max_value_bytes=max_bytes,
+            raise_on_write_error=raise_on_write_error,
+            timer=timer,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as a plain mapping (for logs and the demo)."""
+        return {
+            "namespace": self.namespace,
+            "ttl": self.ttl,
+            "l1_ttl": self.l1_ttl,
+            "l1_maxsize": self.l1_maxsize,
+            "max_key_length": self.max_key_length,
+            "compress_threshold": self.compress_threshold,
+            "max_value_bytes": self.max_value_bytes,
+        }

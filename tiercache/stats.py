@@ -1,0 +1,103 @@
+"""Plain counters behind ``TierCache.stats()``, and a rate-limited logger for L2 trouble.
+
+Counters are bumped without a lock: ``x += 1`` on an attribute is not atomic in theory, but
+on CPython with the GIL it lost 0 of 1.6 M increments from 8 threads (field-notes 15), and a
+lock here would cost more than the hit it counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+
+__all__ = ["COUNTERS", "Counters", "RateLimitedLog", "key_digest"]
+
+log = logging.getLogger("tiercache")
+
+#: The counters ``stats()`` reports, besides the gauges ``l1_size`` and ``l1_maxsize``.
+COUNTERS = (
+    "l1_hits",
+    "l1_misses",
+    "l2_hits",
+    "l2_misses",
+    "l2_errors",
+    "l2_write_errors",
+    "l2_corrupt",
+    "loads",
+    "load_errors",
+    "load_waits",
+    "sets",
+    "deletes",
+    "clears",
+)
+
+
+class Counters:
+    """Monotonic counters, one attribute each (see :data:`COUNTERS`).
+
+    Since: 0.1.0
+    """
+
+    __slots__ = COUNTERS
+
+    def __init__(self) -> None:
+        self.l1_hits = 0
+        self.l1_misses = 0
+        self.l2_hits = 0
+        self.l2_misses = 0
+        self.l2_errors = 0
+        self.l2_write_errors = 0
+        self.l2_corrupt = 0
+        self.loads = 0
+        self.load_errors = 0
+        self.load_waits = 0
+        self.sets = 0
+        self.deletes = 0
+        self.clears = 0
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters as a plain dict."""
+        return {name: getattr(self, name) for name in COUNTERS}
+
+
+def key_digest(key: str) -> str:
+    """A short, stable digest of a key for logs and telemetry: raw keys may hold personal
+    data, so they are never logged.
+
+    Since: 0.1.0
+    """
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+class RateLimitedLog:
+    """Logs a warning per category at most once per ``interval`` seconds, with the number of
+    occurrences suppressed since the last line, so an outage produces a few lines, not a flood.
+
+    Since: 0.1.0
+    """
+
+    __slots__ = ("_interval", "_last", "_lock", "_suppressed")
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._interval = interval
+        # Guards _last and _suppressed.
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, category: str, message: str, *args: object) -> None:
+        """Log ``message % args`` unless ``category`` was logged within the interval."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(category)
+            if last is not None and now - last < self._interval:
+                self._suppressed[category] = self._suppressed.get(category, 0) + 1
+                return
+            self._last[category] = now
+            suppressed = self._suppressed.pop(category, 0)
+        if suppressed:
+            message += " (%d similar messages suppressed)"
+            args = (*args, suppressed)
+        log.warning(message, *args)
