@@ -1,0 +1,142 @@
+"""Shared fixtures: Redis backends (fakeredis and a real redis-server) and test isolation.
+
+Backends:
+
+- ``fake_redis``: a fresh ``fakeredis.FakeRedis`` on its own ``FakeServer`` per test.
+- ``real_redis``: a client to the session's real ``redis-server``, flushed before the test.
+- ``redis_client``: parametrized over both, so a behaviour suite runs on every backend
+  (``-m "not redis"`` keeps only fakeredis).
+- ``redis_server``: the session's :class:`~tests.redis_server.RedisServer`;
+  ``fresh_redis_server``: a private one per test, for tests that kill, pause or restart it;
+  ``redis_binary``: the binary's path, for tests that build their own ``RedisServer``.
+
+Without ``redis-server`` on PATH, real-Redis tests are skipped with a reason, unless ``CI=true``
+or ``TIERCACHE_REQUIRE_REDIS=1``, where they fail: CI must not go green by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+import redis
+
+from tests.redis_server import RedisServer, find_redis_server
+
+
+def _redis_required() -> bool:
+    """True when a missing redis-server must fail the run instead of skipping."""
+    ci = os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+    return ci or os.environ.get("TIERCACHE_REQUIRE_REDIS", "").strip() == "1"
+
+
+def _require_redis_binary() -> str:
+    """Return the redis-server path, or skip (fail on CI) the requesting test."""
+    binary = find_redis_server()
+    if binary is None:
+        reason = "redis-server is not on PATH (install it, e.g. apt-get install redis-server)"
+        if _redis_required():
+            pytest.fail(f"{reason}; required because CI=true or TIERCACHE_REQUIRE_REDIS=1")
+        pytest.skip(reason)
+    return binary
+
+
+def _start_redis_server() -> RedisServer:
+    """Start a RedisServer, or skip/fail the requesting test when there is no binary."""
+    binary = _require_redis_binary()
+    # A binary that is present but cannot start is a real error, not a reason to skip.
+    return RedisServer(binary=binary).start()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say which redis-server the real-Redis tests use."""
+    binary = find_redis_server()
+    if binary is None:
+        action = "fail" if _redis_required() else "be skipped"
+        return [f"redis-server: not found on PATH (real-Redis tests will {action})"]
+    try:
+        version = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        version = f"version unknown ({exc})"
+    return [f"redis-server: {binary} ({version})"]
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    """Path of redis-server, for tests that build their own RedisServer (skip/fail as above)."""
+    return _require_redis_binary()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the whole session (free loopback port, temp dir)."""
+    server = _start_redis_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_redis_server() -> Iterator[RedisServer]:
+    """A private real redis-server for one test, free to be killed, paused or restarted."""
+    server = _start_redis_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def real_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A bytes-returning client to the session server, after FLUSHALL."""
+    if redis_server.paused:  # a test left it frozen: thaw it for the next one
+        redis_server.resume()
+    if not redis_server.running:  # a test killed it: bring it back on the same port
+        redis_server.restart()
+    client = redis_server.client(decode_responses=False)
+    try:
+        client.flushall()
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def fake_redis() -> Iterator[fakeredis.FakeRedis]:
+    """A fakeredis client on a fresh, private FakeServer (bytes responses)."""
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.redis)])
+def redis_client(request: pytest.FixtureRequest) -> redis.Redis:
+    """The same test on fakeredis and on the real server (marked ``redis``)."""
+    client: redis.Redis = request.getfixturevalue(f"{request.param}_redis")
+    return client
+
+
+def _reset_default_cache() -> None:
+    # Only a tiercache that was imported can hold a default cache, so look it up instead of
+    # importing it: no import cost, and a broken package cannot break unrelated tests.
+    module = sys.modules.get("tiercache")
+    reset = getattr(module, "_reset_default_for_tests", None)
+    if reset is not None:
+        reset()
+
+
+@pytest.fixture(autouse=True)
+def _reset_tiercache_default() -> Iterator[None]:
+    """Give every test a pristine default cache (``tiercache.configure``/``memoize``)."""
+    _reset_default_cache()
+    yield
+    _reset_default_cache()
