@@ -48,25 +48,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 def memoize(func: F, /) -> F: ...
 @overload
 def memoize(
-    func: None = None, /, *, ttl: Duration | None = None, ignore: Iterable[str] = ()
+    func: None = None,
+    /,
+    *,
+    ttl: Duration | None = None,
+    tags: Iterable[str] = (),
+    ignore: Iterable[str] = (),
 ) -> Callable[[F], F]: ...
 def memoize(
     func: Callable[..., Any] | None = None,
     /,
     *,
     ttl: Duration | None = None,
+    tags: Iterable[str] = (),
     ignore: Iterable[str] = (),
 ) -> Any:
     """Cache a function's results in the default cache (``configure()``, ``TIERCACHE_URL``,
     else L1-only), resolved at each call, so configuring after decorating works.
 
-    Use bare (``@memoize``) or with options (``@memoize(ttl=60)``). The decorated function
-    gains ``.invalidate(*args, **kw)`` and ``.cache_key(*args, **kw)``. Arguments must be of
-    types with a canonical encoding (see :mod:`tiercache.keys`); others raise ``TypeError``.
+    Use bare (``@memoize``) or with options (``@memoize(ttl=60, tags=("prices",))``). The
+    decorated function gains ``.invalidate(*args, **kw)`` (drops one call's entry in every
+    instance) and ``.cache_key(*args, **kw)``. Arguments must be of types with a canonical
+    encoding (see :mod:`tiercache.keys`); others raise ``TypeError``.
 
     Since: 0.1.0
     """
-    decorator = memoize_with(get_default, ttl=ttl, ignore=ignore)
+    decorator = memoize_with(get_default, ttl=ttl, tags=tags, ignore=ignore)
     if func is not None:
         return decorator(func)
     return decorator

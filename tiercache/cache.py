@@ -1,13 +1,15 @@
 """TierCache: the public API and the read/write flow across L1, L2 and the loader.
 
-Reads try L1 without a lock, then L2, then the loader (once per key per process, through
-:class:`~tiercache.flight.SingleFlight`); writes go to L2 first, then L1. This module makes
-no Redis call of its own: ``l2.py`` does, and every failure there arrives here as an
+Reads try L1 without a lock, then L2, then the loader (once per key per process through
+:class:`~tiercache.flight.SingleFlight`, once per key across processes through a lease);
+writes go to L2 first, then L1, then the bus. This module makes no Redis call of its own:
+``l2.py`` does, and every failure there arrives here as an
 :class:`~tiercache.errors.L2Error` that reads turn into a miss.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -16,41 +18,47 @@ from typing import Any, TypeVar
 
 from cachetools import LRUCache
 
+from . import forking
 from .codec import Serializer
-from .entry import Entry, EntryCodec
-from .errors import CorruptEntryError, L2Error
+from .coherence import Coherence
+from .entry import EntryCodec
+from .errors import L2Error
 from .flight import SingleFlight
-from .keys import check_key, check_keys
-from .l1 import LocalTier, Ticket
+from .keys import check_key, check_keys, check_tags
+from .l1 import LocalTier
 from .l2 import RedisTier
+from .loading import L2Hit, ReadPath
 from .options import TTL_JITTER, Duration, Settings, check_optional_ttl
-from .stats import Counters, RateLimitedLog, key_digest, log
+from .stats import Counters, RateLimitedLog
 
 __all__ = ["TierCache"]
 
 T = TypeVar("T")
-_MISSING: Any = object()
+# Seconds between two housekeeping ticks on the read path: drain the bus, check the pid.
+_TICK = 0.001
 
 
-class TierCache:
-    """An in-process L1 in front of a Redis L2.
+class TierCache(ReadPath):
+    """An in-process L1 in front of a Redis L2, kept coherent across instances by pub/sub.
 
     Args:
         client: a redis-py client (``redis.Redis``, a Sentinel master, ``RedisCluster``)
             created with ``decode_responses=False``, or ``None`` for an L1-only cache.
-        namespace: prefix of every Redis key (``{namespace}:{key}``).
+        namespace: prefix of every Redis key (``{namespace}:{key}``) and of the channel.
         ttl: L2 lifetime of an entry in seconds (or a ``timedelta``); per-call ``ttl=``
             overrides it. Redis TTLs are shortened by a random jitter of up to 10%.
-        l1_ttl: how long this process may serve its L1 copy, at most ``ttl``; defaults to
-            ``min(30, ttl)``. In L1-only mode entries live ``ttl``.
+        l1_ttl: how long this instance may serve its L1 copy, at most ``ttl``; the bound on
+            staleness when an invalidation never arrives. Defaults to ``min(30, ttl)``. In
+            L1-only mode entries live ``ttl``.
         l1_maxsize: most entries kept in L1 (LRU eviction beyond it).
         max_key_length: longest key accepted, in characters.
         compress_threshold: serialized values of at least this many bytes are zstd-compressed.
         max_value_bytes: largest serialized value accepted by ``set`` and read from Redis.
         serializer: a :class:`~tiercache.Serializer`; msgpack with extension types by default.
-        raise_on_write_error: make ``set``/``delete``/``clear`` and their ``*_many`` forms
-            raise :class:`~tiercache.errors.L2Error` when Redis fails; by default failures are
-            counted and logged.
+        raise_on_write_error: make writes raise :class:`~tiercache.errors.L2Error` when Redis
+            fails; by default failures are counted and logged.
+        lease_ttl: lifetime of the cross-process lease a loader holds on a missing key.
+        lease_wait: how long other processes wait for the lease holder's value.
         timer: a clock in seconds for tests; replaces both the monotonic clock of L1 and the
             wall clock of logical expiry.
 
@@ -70,6 +78,8 @@ class TierCache:
         max_value_bytes: int = 32 * 1024 * 1024,
         serializer: Serializer | None = None,
         raise_on_write_error: bool = False,
+        lease_ttl: Duration = 5.0,
+        lease_wait: Duration = 5.0,
         timer: Callable[[], float] | None = None,
     ) -> None:
         settings = Settings.build(
@@ -81,6 +91,8 @@ class TierCache:
             compress_threshold=compress_threshold,
             max_value_bytes=max_value_bytes,
             raise_on_write_error=raise_on_write_error,
+            lease_ttl=lease_ttl,
+            lease_wait=lease_wait,
             timer=timer,
         )
         self._settings = settings
@@ -96,15 +108,30 @@ class TierCache:
         self._counters = Counters()
         self._l2_log = RateLimitedLog()
         self._corrupt_logged: LRUCache[str, bool] = LRUCache(maxsize=1024)
+        self._flight = SingleFlight()
         self._owns_client = False
         self._closed = False
-        self._flight = SingleFlight()
-        # Hot-path aliases: the L1 hit in get_or_set/get is a dict lookup, a clock read and
-        # a deque append, with no lock and no method call of ours in between.
+        self._pid = os.getpid()
+        self._coherence = (
+            Coherence(
+                self._l1,
+                self._l2,
+                settings.namespace,
+                settings.l1_ttl,
+                self._counters,
+                self._l1.timer,
+            )
+            if self._l2 is not None
+            else None
+        )
+        # Hot-path aliases: an L1 hit is a clock read, one comparison against the next
+        # housekeeping tick, a dict lookup and a deque append; no lock, no call of ours.
         self._l1_hits = 0
         self._l1_lookup = self._l1.data.get
         self._l1_touch = self._l1.recent.append
         self._clock = self._l1.timer
+        self._next_tick = 0.0
+        forking.track(self)
 
     # -- construction ------------------------------------------------------------------
 
@@ -135,35 +162,49 @@ class TierCache:
 
     # -- reads -------------------------------------------------------------------------
 
-    def get_or_set(self, key: str, loader: Callable[[], T], ttl: Duration | None = None) -> T:
+    def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], T],
+        ttl: Duration | None = None,
+        *,
+        tags: Iterable[str] = (),
+    ) -> T:
         """Return the cached value for ``key``, loading and caching ``loader()`` on a miss.
 
-        Concurrent misses for one key in this process run ``loader`` once; the others wait
-        for its value or exception. A loader's exception propagates unchanged and nothing is
-        cached. Redis trouble never raises here: it degrades to L1 + loader.
+        Concurrent misses for one key run ``loader`` once per process; across processes a
+        short Redis lease makes the others wait for the first loader's value. A loader's
+        exception propagates unchanged and nothing is cached. Redis trouble never raises
+        here: it degrades to L1 + loader. ``tags`` are attached to a value this call loads.
 
         Since: 0.1.0
         """
+        now = self._clock()
+        if now >= self._next_tick:
+            self._tick(now)
         try:
             entry = self._l1_lookup(key)
         except TypeError:  # unhashable key: let the slow path name the argument
             entry = None
-        if entry is not None and self._clock() < entry[1]:
+        if entry is not None and now < entry[1]:
             self._l1_touch(key)
             self._l1_hits += 1
             return entry[0]  # type: ignore[no-any-return]
-        return self._get_or_set_miss(key, loader, ttl)
+        return self._get_or_set_miss(key, loader, ttl, tags)
 
     def get(self, key: str, default: Any = None) -> Any:
         """The cached value for ``key`` from L1 or L2, or ``default``. Never past its ``ttl``.
 
         Since: 0.1.0
         """
+        now = self._clock()
+        if now >= self._next_tick:
+            self._tick(now)
         try:
             entry = self._l1_lookup(key)
         except TypeError:
             entry = None
-        if entry is not None and self._clock() < entry[1]:
+        if entry is not None and now < entry[1]:
             self._l1_touch(key)
             self._l1_hits += 1
             return entry[0]
@@ -175,10 +216,10 @@ class TierCache:
         ticket = self._l1.ticket(key)
         try:
             found = self._read_l2(key)
-            if found is None:
-                return default
-            self._fill_from_l2(key, found, ticket)
-            return found.value
+            if isinstance(found, L2Hit):
+                self._fill_from_l2(key, found, ticket)
+                return found.entry.value
+            return default
         finally:
             self._l1.release(ticket)
 
@@ -189,6 +230,7 @@ class TierCache:
         """
         wanted = check_keys(keys, self._settings.max_key_length)
         self._check_open()
+        self._start_listener()
         found: dict[str, Any] = {}
         missing: list[str] = []
         for key in dict.fromkeys(wanted):
@@ -206,14 +248,13 @@ class TierCache:
             try:
                 blobs = self._l2.get_many([self._prefix + key for key in missing])
             except L2Error as exc:
-                self._counters.l2_errors += 1
-                self._l2_log.warning("read", "tiercache: L2 read failed, serving L1: %s", exc)
+                self._read_failed(exc)
                 return found
             for key, blob, ticket in zip(missing, blobs, tickets, strict=True):
-                decoded = self._decode(key, blob)
-                if decoded is not None:
-                    self._fill_from_l2(key, decoded, ticket)
-                    found[key] = decoded.value
+                checked = self._check_blob(key, blob)
+                if isinstance(checked, L2Hit):
+                    self._fill_from_l2(key, checked, ticket)
+                    found[key] = checked.entry.value
         finally:
             for ticket in tickets:
                 self._l1.release(ticket)
@@ -221,20 +262,28 @@ class TierCache:
 
     # -- writes ------------------------------------------------------------------------
 
-    def set(self, key: str, value: Any, ttl: Duration | None = None) -> None:
-        """Store ``value`` under ``key`` in L2, then L1.
+    def set(
+        self, key: str, value: Any, ttl: Duration | None = None, *, tags: Iterable[str] = ()
+    ) -> None:
+        """Store ``value`` under ``key`` in L2, then L1, and tell every other instance.
 
         Raises :class:`~tiercache.SerializationError` (a ``TypeError``) for a value the
         serializer cannot encode and :class:`ValueError` for one over ``max_value_bytes``,
-        both before any I/O.
+        both before any I/O. ``tags`` let :meth:`invalidate_tags` drop the entry later.
 
         Since: 0.1.0
         """
-        self.set_many({key: value}, ttl)
+        self.set_many({key: value}, ttl, tags=tags)
 
-    def set_many(self, mapping: Mapping[str, Any], ttl: Duration | None = None) -> None:
-        """Store every item, in one pipelined round trip to Redis; all values are encoded
-        (and so validated) before anything is written.
+    def set_many(
+        self,
+        mapping: Mapping[str, Any],
+        ttl: Duration | None = None,
+        *,
+        tags: Iterable[str] = (),
+    ) -> None:
+        """Store every item, in one pipelined round trip to Redis and one bus message; all
+        values are encoded (and so validated) before anything is written.
 
         Since: 0.1.0
         """
@@ -242,21 +291,28 @@ class TierCache:
             raise TypeError(f"mapping must be a Mapping of str keys, not {type(mapping).__name__}")
         keys = check_keys(mapping.keys(), self._settings.max_key_length, "mapping keys")
         ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
+        tag_list = check_tags(tags)
         self._check_open()
         self._counters.sets += len(keys)
-        if self._l2 is None:
+        # Encoding validates every value before any I/O, in L1-only mode too, so a value
+        # accepted in development is not refused in production.
+        prepared = [self._codec.prepare(mapping[key]) for key in keys]
+        if self._l2 is None or self._coherence is None:
             for key in keys:
-                self._l1.fill(key, mapping[key], ttl_s)
+                self._l1.fill(key, mapping[key], ttl_s, tags=tag_list)
             return
-        now = self._wall()
-        rows = []
-        for key in keys:
-            life = self._jittered(ttl_s)
-            blob = self._codec.encode(mapping[key], now + life)
-            rows.append((self._prefix + key, blob, int(life * 1000)))
+        self._start_listener()
+        l1_ttl = min(self._settings.l1_ttl, ttl_s)
         try:
+            stamp = self._coherence.stamp(tag_list)
+            now = self._wall()
+            rows = []
+            for key, ready in zip(keys, prepared, strict=True):
+                life = self._jittered(ttl_s)
+                blob = self._codec.frame(ready, now + life, stamp.ns_version, stamp.tags)
+                rows.append((self._prefix + key, blob, int(life * 1000)))
             self._l2.set_many(rows)
-            l1_ttl = min(self._settings.l1_ttl, ttl_s)
+            self._coherence.publish_keys(keys)
         except L2Error as exc:
             if self._settings.raise_on_write_error:
                 # Redis may hold the old or the new value now: make L1 ask it again.
@@ -266,17 +322,17 @@ class TierCache:
             # full ttl so this instance keeps reading its own write.
             l1_ttl = ttl_s
         for key in keys:
-            self._l1.fill(key, mapping[key], l1_ttl)
+            self._l1.fill(key, mapping[key], l1_ttl, tags=tag_list)
 
     def delete(self, key: str) -> None:
-        """Remove ``key`` from L2 and this instance's L1.
+        """Remove ``key`` from L2 and from the L1 of every instance.
 
         Since: 0.1.0
         """
         self.delete_many((key,))
 
     def delete_many(self, keys: Iterable[str]) -> None:
-        """Remove every key, in one ``UNLINK``.
+        """Remove every key, in one ``UNLINK`` and one bus message.
 
         Since: 0.1.0
         """
@@ -284,23 +340,48 @@ class TierCache:
         self._check_open()
         self._counters.deletes += len(wanted)
         try:
-            if self._l2 is not None:
+            if self._l2 is not None and self._coherence is not None:
+                self._start_listener()
                 self._l2.delete([self._prefix + key for key in wanted])
+                self._coherence.publish_keys(wanted)
         except L2Error as exc:
             self._write_failed(exc)
         finally:
             self._l1.invalidate(wanted)
 
+    def invalidate_tags(self, *tags: str) -> None:
+        """Invalidate every entry set with any of ``tags``, in every instance, without
+        scanning Redis: the tags' versions move on, so older entries read as misses.
+
+        Since: 0.1.0
+        """
+        tag_list = check_tags(tags, "tags")
+        self._check_open()
+        self._counters.tag_invalidations += len(tag_list)
+        try:
+            if self._coherence is not None:
+                self._start_listener()
+                versions = self._coherence.versions.bump(tag_list)
+                self._coherence.publish_tags(versions)
+        except L2Error as exc:
+            self._write_failed(exc)
+        finally:
+            self._l1.invalidate_tags(tag_list)
+
     def clear(self) -> None:
-        """Remove every entry of this namespace from L2 (``SCAN`` + ``UNLINK``) and L1.
+        """Empty the whole namespace in every instance: the namespace version moves on, so
+        every older entry reads as a miss (no ``KEYS``/``SCAN``/``FLUSHDB``; old entries
+        expire from Redis on their TTL).
 
         Since: 0.1.0
         """
         self._check_open()
         self._counters.clears += 1
         try:
-            if self._l2 is not None:
-                self._l2.clear(self._prefix)
+            if self._coherence is not None:
+                self._start_listener()
+                versions = self._coherence.versions.bump([""])
+                self._coherence.publish_clear(versions[""])
         except L2Error as exc:
             self._write_failed(exc)
         finally:
@@ -319,7 +400,8 @@ class TierCache:
         return self._settings
 
     def stats(self) -> dict[str, int]:
-        """A snapshot of plain counters: hits and misses per tier, loads, errors, L1 size.
+        """A snapshot of plain counters: hits and misses per tier, loads, errors, L1 size,
+        and the health of the invalidation bus (``bus_*``).
 
         Since: 0.1.0
         """
@@ -327,10 +409,16 @@ class TierCache:
         snapshot["l1_hits"] += self._l1_hits
         snapshot["l1_size"] = len(self._l1)
         snapshot["l1_maxsize"] = self._l1.maxsize
+        if self._coherence is not None:
+            snapshot.update(self._coherence.bus.health())
         return snapshot
 
     def memoize(
-        self, ttl: Duration | None = None, *, ignore: Iterable[str] = ()
+        self,
+        ttl: Duration | None = None,
+        *,
+        tags: Iterable[str] = (),
+        ignore: Iterable[str] = (),
     ) -> Callable[[Callable[..., T]], Any]:
         """Decorate a function so its results are cached here; see :func:`tiercache.memoize`.
 
@@ -338,16 +426,19 @@ class TierCache:
         """
         from .memoize import memoize_with
 
-        return memoize_with(lambda: self, ttl=ttl, ignore=ignore)
+        return memoize_with(lambda: self, ttl=ttl, tags=tags, ignore=ignore)
 
     def close(self) -> None:
-        """Drop L1 and close the Redis client if :meth:`from_url` created it. Idempotent.
+        """Stop the listener, drop L1 and close the Redis client if :meth:`from_url`
+        created it. Idempotent.
 
         Since: 0.1.0
         """
         if self._closed:
             return
         self._closed = True
+        if self._coherence is not None:
+            self._coherence.close()
         self._l1.flush()
         if self._l2 is not None and self._owns_client:
             self._l2.close()
@@ -368,100 +459,42 @@ class TierCache:
         state = ", closed" if self._closed else ""
         return f"<TierCache namespace={self._settings.namespace!r} {tier}{state}>"
 
-    # -- internals -----------------------------------------------------------------------
+    # -- housekeeping ------------------------------------------------------------------
 
-    def _get_or_set_miss(self, key: Any, loader: Callable[[], T], ttl: Duration | None) -> T:
-        key = check_key(key, self._settings.max_key_length)
-        if not callable(loader):
-            raise TypeError(f"loader must be a callable taking no arguments, not {loader!r}")
-        ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
-        self._check_open()
-        self._counters.l1_misses += 1
-        value, leader = self._flight.run(key, lambda: self._load_through(key, loader, ttl_s))
-        if not leader:
-            self._counters.load_waits += 1
-        return value  # type: ignore[no-any-return]
+    def _tick(self, now: float) -> None:
+        self._next_tick = now + _TICK
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._coherence is not None and not self._closed:
+            bus = self._coherence.bus
+            bus.ensure_started()
+            # A busy process applies invalidations late if only the listener thread does it
+            # (field-notes 18): readers take what is already waiting, once per tick.
+            bus.drain()
 
-    def _load_through(self, key: str, loader: Callable[[], Any], ttl_s: float) -> Any:
-        ticket = self._l1.ticket(key)
-        try:
-            entry = self._l1.get(key)  # a previous leader may have filled it meanwhile
-            if entry is not None:
-                return entry[0]
-            if self._l2 is not None:
-                found = self._read_l2(key)
-                if found is not None:
-                    self._fill_from_l2(key, found, ticket)
-                    return found.value
-            self._counters.loads += 1
-            try:
-                value = loader()
-            except BaseException:
-                self._counters.load_errors += 1
-                raise
-            self._store_loaded(key, value, ttl_s, ticket)
-            return value
-        finally:
-            self._l1.release(ticket)
+    def _start_listener(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._coherence is not None and not self._closed:
+            self._coherence.bus.ensure_started()
 
-    def _store_loaded(self, key: str, value: Any, ttl_s: float, ticket: Ticket) -> None:
-        if self._l2 is None:
-            self._l1.fill(key, value, ttl_s, ticket)
-            return
-        life = self._jittered(ttl_s)
-        blob = self._codec.encode(value, self._wall() + life)
-        try:
-            self._l2.set(self._prefix + key, blob, int(life * 1000))
-        except L2Error as exc:
-            # A fill on a read path never raises: the caller still gets the loaded value.
-            self._counters.l2_write_errors += 1
-            self._l2_log.warning("write", "tiercache: L2 write failed: %s", exc)
-        self._l1.fill(key, value, min(self._settings.l1_ttl, life), ticket)
+    def _after_fork(self) -> None:
+        """In a forked child: empty L1, forget loads and versions, new bus identity."""
+        self._pid = os.getpid()
+        self._l1.reset_after_fork()
+        self._flight.reset_after_fork()
+        if self._coherence is not None:
+            self._coherence.after_fork()
 
-    def _read_l2(self, key: str) -> Entry | None:
-        assert self._l2 is not None
-        try:
-            blob = self._l2.get(self._prefix + key)
-        except L2Error as exc:
-            self._counters.l2_errors += 1
-            self._l2_log.warning("read", "tiercache: L2 read failed, degrading to L1: %s", exc)
-            return None
-        return self._decode(key, blob)
-
-    def _decode(self, key: str, blob: bytes | None) -> Entry | None:
-        if blob is None:
-            self._counters.l2_misses += 1
-            return None
-        try:
-            entry = self._codec.decode(blob)
-        except CorruptEntryError as exc:
-            self._counters.l2_corrupt += 1
-            self._counters.l2_misses += 1
-            digest = key_digest(key)
-            if digest not in self._corrupt_logged:
-                self._corrupt_logged[digest] = True
-                log.warning(
-                    "tiercache: undecodable L2 entry in namespace %r (key digest %s), "
-                    "treated as a miss: %s",
-                    self._settings.namespace,
-                    digest,
-                    exc,
-                )
-            return None
-        if entry.expires_at <= self._wall():
-            self._counters.l2_misses += 1
-            return None
-        self._counters.l2_hits += 1
-        return entry
-
-    def _fill_from_l2(self, key: str, entry: Entry, ticket: Ticket) -> None:
-        remaining = entry.expires_at - self._wall()
-        if remaining > 0:
-            self._l1.fill(key, entry.value, min(self._settings.l1_ttl, remaining), ticket)
+    # -- small helpers -------------------------------------------------------------------
 
     def _jittered(self, ttl_s: float) -> float:
         # Only ever shortens: a value never outlives the ttl the caller asked for.
         return ttl_s * (1.0 - random.random() * TTL_JITTER)
+
+    def _read_failed(self, exc: L2Error) -> None:
+        self._counters.l2_errors += 1
+        self._l2_log.warning("read", "tiercache: L2 read failed, degrading to L1: %s", exc)
 
     def _write_failed(self, exc: L2Error) -> None:
         self._counters.l2_write_errors += 1

@@ -1,35 +1,62 @@
-"""The L2 entry format: a fixed header, then the (maybe compressed) serialized value.
+"""The L2 entry format: a fixed header, optional tag versions, then the serialized value.
 
-Header, network byte order (``struct`` format ``!BBQ``, 10 bytes)::
+Header, network byte order (``struct`` format ``!BBQI``, 14 bytes)::
 
-    version   u8   FORMAT_VERSION; an unknown version is a miss, never a crash
-    flags     u8   bit 0: payload is zstd-compressed; bit 1: custom serializer;
-                   any other bit set: written by a newer tiercache -> a miss
-    expires   u64  logical expiry, milliseconds since the Unix epoch (wall clock, because
-                   every process reads it); the Redis TTL may be longer (fail-safe window)
+    version     u8   FORMAT_VERSION; an unknown version is a miss, never a crash
+    flags       u8   bit 0: payload is zstd-compressed; bit 1: custom serializer;
+                     bit 2: a tag block follows; bit 3: this is a lease placeholder;
+                     any other bit set: written by a newer tiercache -> a miss
+    expires     u64  logical expiry, milliseconds since the Unix epoch (wall clock, because
+                     every process reads it); the Redis TTL may be longer (fail-safe window)
+    ns_version  u32  the namespace version when the value was computed; ``clear()`` bumps
+                     the namespace version, so older entries read as misses everywhere
+
+Tag block (flag bit 2): ``u32`` length, then msgpack ``[[tag, version], ...]``: the version
+of each tag when the value was computed; ``invalidate_tags`` bumps tag versions.
+
+A lease placeholder (flag bit 3) has no payload, only a 16-byte token after the header: it
+marks "a process is loading this key" (see ``lease.py``).
 
 An :class:`EntryCodec` owns the serializer, the compressor and the size limits of one cache.
 """
 
 from __future__ import annotations
 
-import logging
 import struct
+from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+import msgpack
 
 from .codec import DECODE_ERRORS, MsgpackSerializer, Serializer, ZstdCompressor
 from .errors import CorruptEntryError, SerializationError
 
-__all__ = ["FORMAT_VERSION", "HEADER_SIZE", "Entry", "EntryCodec"]
-
-log = logging.getLogger("tiercache")
+__all__ = [
+    "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "LEASE_TOKEN_SIZE",
+    "Entry",
+    "EntryCodec",
+    "Lease",
+    "Prepared",
+    "TagVersions",
+    "lease_placeholder",
+]
 
 FORMAT_VERSION = 1
-_HEADER = struct.Struct("!BBQ")
+_HEADER = struct.Struct("!BBQI")
+_TAG_LEN = struct.Struct("!I")
 HEADER_SIZE = _HEADER.size
+LEASE_TOKEN_SIZE = 16
 _FLAG_ZSTD = 0x01
 _FLAG_CUSTOM = 0x02
-_KNOWN_FLAGS = _FLAG_ZSTD | _FLAG_CUSTOM
+_FLAG_TAGS = 0x04
+_FLAG_LEASE = 0x08
+_KNOWN_FLAGS = _FLAG_ZSTD | _FLAG_CUSTOM | _FLAG_TAGS | _FLAG_LEASE
+_MAX_U32 = 0xFFFFFFFF
+
+#: ``((tag, version), ...)`` as carried in an entry.
+TagVersions = tuple[tuple[str, int], ...]
 
 
 class Entry(NamedTuple):
@@ -41,10 +68,43 @@ class Entry(NamedTuple):
     value: Any
     #: Logical expiry, seconds since the Unix epoch.
     expires_at: float
+    #: Namespace version the value was computed under.
+    ns_version: int = 0
+    #: Version of each tag when the value was computed.
+    tags: TagVersions = ()
+
+
+class Prepared(NamedTuple):
+    """A serialized (maybe compressed) value, ready to be framed with a header.
+
+    Since: 0.1.0
+    """
+
+    flags: int
+    payload: bytes
+
+
+class Lease(NamedTuple):
+    """A decoded lease placeholder: some process is loading the key.
+
+    Since: 0.1.0
+    """
+
+    token: bytes
+
+
+def lease_placeholder(token: bytes) -> bytes:
+    """The bytes stored at a key while a process holds its lease.
+
+    Since: 0.1.0
+    """
+    if len(token) != LEASE_TOKEN_SIZE:
+        raise ValueError(f"lease token must be {LEASE_TOKEN_SIZE} bytes")
+    return _HEADER.pack(FORMAT_VERSION, _FLAG_LEASE, 0, 0) + token
 
 
 class EntryCodec:
-    """Encodes values with their header and decodes bytes from Redis into :class:`Entry`.
+    """Encodes values with their header and decodes bytes from Redis.
 
     Since: 0.1.0
     """
@@ -69,8 +129,9 @@ class EntryCodec:
         self._max_value_bytes = max_value_bytes
         self._compressor = ZstdCompressor()
 
-    def encode(self, value: Any, expires_at: float) -> bytes:
-        """Serialize ``value`` with its header.
+    def prepare(self, value: Any) -> Prepared:
+        """Serialize (and maybe compress) ``value``: the part of an entry that does not
+        depend on when or under which versions it is written.
 
         Raises :class:`~tiercache.SerializationError` (a ``TypeError``) naming an
         unsupported type, and :class:`ValueError` when the serialized value is larger than
@@ -100,22 +161,59 @@ class EntryCodec:
             if len(compressed) < len(payload):
                 payload = compressed
                 flags |= _FLAG_ZSTD
-        expires_ms = max(0, int(expires_at * 1000))
-        return _HEADER.pack(FORMAT_VERSION, flags, expires_ms) + payload
+        return Prepared(flags, payload)
 
-    def decode(self, data: bytes) -> Entry:
-        """Decode bytes read from Redis; :class:`~tiercache.errors.CorruptEntryError` if they
-        are not a valid entry of this cache (any reason: foreign, truncated, a bomb, ...)."""
+    @staticmethod
+    def frame(
+        prepared: Prepared,
+        expires_at: float,
+        ns_version: int = 0,
+        tags: Sequence[tuple[str, int]] = (),
+    ) -> bytes:
+        """The bytes stored in Redis: header, tag block, prepared payload."""
+        flags, payload = prepared
+        tag_block = b""
+        if tags:
+            flags |= _FLAG_TAGS
+            packed = msgpack.packb([list(pair) for pair in tags], use_bin_type=True)
+            tag_block = _TAG_LEN.pack(len(packed)) + packed
+        expires_ms = max(0, int(expires_at * 1000))
+        header = _HEADER.pack(FORMAT_VERSION, flags, expires_ms, ns_version & _MAX_U32)
+        return header + tag_block + payload
+
+    def encode(
+        self,
+        value: Any,
+        expires_at: float,
+        ns_version: int = 0,
+        tags: Sequence[tuple[str, int]] = (),
+    ) -> bytes:
+        """:meth:`prepare` then :meth:`frame`."""
+        return self.frame(self.prepare(value), expires_at, ns_version, tags)
+
+    def decode(self, data: bytes) -> Entry | Lease:
+        """Decode bytes read from Redis into an :class:`Entry` or a :class:`Lease`;
+        :class:`~tiercache.errors.CorruptEntryError` if they are not valid (any reason:
+        foreign, truncated, a decompression bomb, written with another serializer, ...)."""
         if len(data) < HEADER_SIZE:
             raise CorruptEntryError(f"{len(data)} bytes is shorter than the entry header")
-        version, flags, expires_ms = _HEADER.unpack_from(data)
+        version, flags, expires_ms, ns_version = _HEADER.unpack_from(data)
         if version != FORMAT_VERSION:
             raise CorruptEntryError(f"unknown entry format version {version}")
         if flags & ~_KNOWN_FLAGS:
             raise CorruptEntryError(f"unknown entry flags 0x{flags:02x}")
+        if flags & _FLAG_LEASE:
+            token = data[HEADER_SIZE:]
+            if flags != _FLAG_LEASE or len(token) != LEASE_TOKEN_SIZE:
+                raise CorruptEntryError("malformed lease placeholder")
+            return Lease(token)
         if (flags & _FLAG_CUSTOM) != self._flags:
             raise CorruptEntryError("entry was written with a different serializer")
-        payload = data[HEADER_SIZE:]
+        offset = HEADER_SIZE
+        tags: TagVersions = ()
+        if flags & _FLAG_TAGS:
+            tags, offset = self._decode_tags(data, offset)
+        payload = data[offset:]
         if flags & _FLAG_ZSTD:
             payload = self._compressor.decompress(payload, self._max_value_bytes)
         elif len(payload) > self._max_value_bytes:
@@ -129,4 +227,22 @@ class EntryCodec:
         except Exception as exc:
             # A custom serializer may raise anything on foreign bytes.
             raise CorruptEntryError(f"serializer.loads failed: {exc!r}") from exc
-        return Entry(value, expires_ms / 1000.0)
+        return Entry(value, expires_ms / 1000.0, ns_version, tags)
+
+    @staticmethod
+    def _decode_tags(data: bytes, offset: int) -> tuple[TagVersions, int]:
+        if len(data) < offset + _TAG_LEN.size:
+            raise CorruptEntryError("truncated tag block")
+        (length,) = _TAG_LEN.unpack_from(data, offset)
+        start = offset + _TAG_LEN.size
+        end = start + length
+        if len(data) < end:
+            raise CorruptEntryError("truncated tag block")
+        try:
+            pairs = msgpack.unpackb(data[start:end], raw=False, use_list=False)
+            tags = tuple((str(tag), int(ver)) for tag, ver in pairs)
+            if not all(type(tag) is str for tag, _ in pairs):
+                raise ValueError("tag names must be str")
+        except DECODE_ERRORS as exc:
+            raise CorruptEntryError(f"bad tag block: {exc}") from exc
+        return tags, end

@@ -18,7 +18,18 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["MEMO_PREFIX", "ArgumentKeyer", "check_key", "encode_argument"]
+__all__ = [
+    "MAX_TAG_LENGTH",
+    "MEMO_PREFIX",
+    "ArgumentKeyer",
+    "check_key",
+    "check_keys",
+    "check_tags",
+    "encode_argument",
+]
+
+#: Longest tag accepted, in characters.
+MAX_TAG_LENGTH = 256
 
 #: Memoize keys start with this segment, then the function's module and qualified name.
 MEMO_PREFIX = "memo"
@@ -49,6 +60,26 @@ def check_keys(keys: object, max_length: int, name: str = "keys") -> list[str]:
     if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
         raise TypeError(f"{name} must be an iterable of str keys, not {type(keys).__name__}")
     return [check_key(k, max_length, f"{name}[{i}]") for i, k in enumerate(keys)]
+
+
+def check_tags(tags: object, name: str = "tags") -> list[str]:
+    """Validate tags: an iterable (not a bare ``str``) of non-empty ``str``; deduplicated.
+
+    Since: 0.1.0
+    """
+    if isinstance(tags, (str, bytes)) or not isinstance(tags, Iterable):
+        raise TypeError(
+            f"{name} must be an iterable of str (e.g. a tuple), not {type(tags).__name__}"
+        )
+    result: list[str] = []
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise TypeError(f"{name} must hold str tags, not {type(tag).__name__}")
+        if not tag or len(tag) > MAX_TAG_LENGTH:
+            raise ValueError(f"{name}: each tag must be 1-{MAX_TAG_LENGTH} characters")
+        if tag not in result:
+            result.append(tag)
+    return result
 
 
 # One tag byte per type. Never renumber: keys persist in Redis across releases.

@@ -79,7 +79,17 @@ class LocalTier:
     Since: 0.1.0
     """
 
-    __slots__ = ("_book", "_epoch", "_inflight", "data", "lock", "recent", "timer")
+    __slots__ = (
+        "_book",
+        "_epoch",
+        "_inflight",
+        "_tag_keys",
+        "_tag_refs",
+        "data",
+        "lock",
+        "recent",
+        "timer",
+    )
 
     def __init__(self, maxsize: int, timer: Callable[[], float] = time.monotonic) -> None:
         #: key -> (value, deadline on ``timer``); read without the lock.
@@ -95,6 +105,10 @@ class LocalTier:
         # key -> [outstanding tickets, generation]; only keys with a load in progress, so it
         # stays as small as the number of concurrent loads.
         self._inflight: dict[str, list[int]] = {}
+        # tag -> keys filled with it. Keys leave it lazily (see _prune_tags), so it may name
+        # keys long gone; invalidating those is harmless.
+        self._tag_keys: dict[str, set[str]] = {}
+        self._tag_refs = 0
 
     def __len__(self) -> int:
         return len(self.data)
@@ -129,7 +143,14 @@ class LocalTier:
             if record[0] <= 0 and self._inflight.get(ticket.key) is record:
                 del self._inflight[ticket.key]
 
-    def fill(self, key: str, value: Any, ttl: float, ticket: Ticket | None = None) -> bool:
+    def fill(
+        self,
+        key: str,
+        value: Any,
+        ttl: float,
+        ticket: Ticket | None = None,
+        tags: Iterable[str] = (),
+    ) -> bool:
         """Store ``value`` for ``ttl`` seconds unless ``ticket`` was overtaken by an
         invalidation or flush; returns whether it was stored.
 
@@ -144,8 +165,14 @@ class LocalTier:
             self._replay_hits()
             deadline = self.timer() + ttl
             self._book[key] = deadline
-            if key in self._book:
-                self.data[key] = (value, deadline)
+            if key not in self._book:
+                return False
+            self.data[key] = (value, deadline)
+            for tag in tags:
+                self._tag_keys.setdefault(tag, set()).add(key)
+                self._tag_refs += 1
+            if self._tag_refs > 2 * self._book.maxsize + 1024:
+                self._prune_tags()
             return True
 
     def invalidate(self, keys: Iterable[str]) -> None:
@@ -156,6 +183,16 @@ class LocalTier:
                 self.data.pop(key, None)
                 self._book.pop(key, None)
 
+    def invalidate_tags(self, tags: Iterable[str]) -> None:
+        """Drop the entries filled with any of ``tags`` and overtake every load in flight
+        (a load does not know its tags' future, so all are refused; they still return)."""
+        with self.lock:
+            self._epoch += 1
+            for tag in tags:
+                for key in self._tag_keys.pop(tag, ()):
+                    self.data.pop(key, None)
+                    self._book.pop(key, None)
+
     def flush(self) -> None:
         """Drop everything and overtake every load in flight."""
         with self.lock:
@@ -163,6 +200,8 @@ class LocalTier:
             self.data.clear()
             self._book.clear()
             self.recent.clear()
+            self._tag_keys.clear()
+            self._tag_refs = 0
 
     def reset_after_fork(self) -> None:
         """Fresh lock and empty state in a forked child (the parent's lock may be held)."""
@@ -174,6 +213,16 @@ class LocalTier:
         record = self._inflight.get(key)
         if record is not None:
             record[1] += 1
+
+    def _prune_tags(self) -> None:
+        live = self.data
+        for tag in list(self._tag_keys):
+            keys = {key for key in self._tag_keys[tag] if key in live}
+            if keys:
+                self._tag_keys[tag] = keys
+            else:
+                del self._tag_keys[tag]
+        self._tag_refs = sum(len(keys) for keys in self._tag_keys.values())
 
     def _replay_hits(self) -> None:
         # Readers append concurrently; take exactly the hits present now, oldest first.

@@ -124,6 +124,28 @@ class RedisTier:
             return sum(int(n) for n in pipe.execute())
         return int(self.client.unlink(*keys))
 
+    def incr_many(self, keys: Sequence[str]) -> list[int]:
+        """``INCR`` each key in one pipelined round trip; the new values."""
+        with _translated("INCR"):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.incr(key)
+            return [int(v) for v in pipe.execute()]
+
+    def publish(self, channel: str, message: bytes) -> int:
+        """``PUBLISH``; the number of subscribers that received it."""
+        with _translated("PUBLISH"):
+            return int(self.client.publish(channel, message))
+
+    def script(self, source: str) -> Any:
+        """A registered Lua script (``EVALSHA``, loading it on first use)."""
+        return self.client.register_script(source)
+
+    def run(self, script: Any, operation: str, key: str, *args: bytes | str | int) -> Any:
+        """Run a one-key script from :meth:`script`."""
+        with _translated(operation):
+            return script(keys=[key], args=list(args))
+
     def ping(self) -> None:
         """Round trip to check the connection and credentials."""
         with _translated("PING"):

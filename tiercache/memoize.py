@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .keys import ArgumentKeyer
+from .keys import ArgumentKeyer, check_tags
 from .options import Duration, check_optional_ttl
 
 if TYPE_CHECKING:
@@ -40,16 +40,20 @@ class Memoized(Generic[P, R]):
         cache: Callable[[], TierCache],
         ttl: float | None,
         ignore: Iterable[str],
+        tags: tuple[str, ...] = (),
     ) -> None:
         functools.update_wrapper(self, func)
         self._func = func
         self._cache = cache
         self._ttl = ttl
+        self._tags = tags
         self._keyer = ArgumentKeyer(func, ignore)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         key = self._keyer(args, kwargs)
-        return self._cache().get_or_set(key, lambda: self._func(*args, **kwargs), self._ttl)
+        return self._cache().get_or_set(
+            key, lambda: self._func(*args, **kwargs), self._ttl, tags=self._tags
+        )
 
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The cache key a call with these arguments uses."""
@@ -94,6 +98,7 @@ def memoize_with(
     cache: Callable[[], TierCache],
     *,
     ttl: Duration | None = None,
+    tags: Iterable[str] = (),
     ignore: Iterable[str] = (),
 ) -> Callable[[Callable[P, R]], Any]:
     """A decorator caching results in ``cache()`` (resolved at call time).
@@ -101,6 +106,7 @@ def memoize_with(
     Since: 0.1.0
     """
     ttl_s = None if ttl is None else check_optional_ttl("ttl", ttl, 0.0)
+    tag_list = tuple(check_tags(tags))
     if isinstance(ignore, str):
         ignore = (ignore,)
     ignored = tuple(ignore)
@@ -110,11 +116,11 @@ def memoize_with(
 
     def decorate(func: Callable[P, R]) -> Any:
         if isinstance(func, staticmethod):
-            return staticmethod(Memoized(func.__func__, cache, ttl_s, ignored))
+            return staticmethod(Memoized(func.__func__, cache, ttl_s, ignored, tag_list))
         if isinstance(func, classmethod):
-            return classmethod(Memoized(func.__func__, cache, ttl_s, ignored))
+            return classmethod(Memoized(func.__func__, cache, ttl_s, ignored, tag_list))
         if not callable(func):
             raise TypeError(f"memoize decorates functions, not {type(func).__name__}")
-        return Memoized(func, cache, ttl_s, ignored)
+        return Memoized(func, cache, ttl_s, ignored, tag_list)
 
     return decorate

@@ -18,6 +18,8 @@ __all__ = [
     "DEFAULT_COMPRESS_THRESHOLD",
     "DEFAULT_L1_MAXSIZE",
     "DEFAULT_L1_TTL",
+    "DEFAULT_LEASE_TTL",
+    "DEFAULT_LEASE_WAIT",
     "DEFAULT_MAX_KEY_LENGTH",
     "DEFAULT_MAX_VALUE_BYTES",
     "DEFAULT_NAMESPACE",
@@ -47,6 +49,11 @@ DEFAULT_MAX_VALUE_BYTES = 32 * 1024 * 1024
 #: L2 TTLs are shortened by a random fraction in [0, TTL_JITTER) so that keys written
 #: together do not all expire in the same instant.
 TTL_JITTER = 0.1
+#: How long a cross-process lease on a missing key lasts, seconds: a load that takes longer
+#: loses the right to write its value to L2 (it is still returned and kept in L1).
+DEFAULT_LEASE_TTL = 5.0
+#: How long other processes wait for the lease holder's value before loading themselves.
+DEFAULT_LEASE_WAIT = 5.0
 
 # Redis keys are binary-safe, but a namespace ends up in channel names and log lines;
 # keep it to a conservative alphabet so it can never smuggle a ':' segment or spaces.
@@ -103,6 +110,8 @@ class Settings:
     compress_threshold: int
     max_value_bytes: int
     raise_on_write_error: bool
+    lease_ttl: float
+    lease_wait: float
     timer: Callable[[], float] | None
 
     @classmethod
@@ -117,6 +126,8 @@ class Settings:
         compress_threshold: object = DEFAULT_COMPRESS_THRESHOLD,
         max_value_bytes: object = DEFAULT_MAX_VALUE_BYTES,
         raise_on_write_error: object = False,
+        lease_ttl: object = DEFAULT_LEASE_TTL,
+        lease_wait: object = DEFAULT_LEASE_WAIT,
         timer: object = None,
     ) -> Settings:
         """Validate every option; raise :class:`TypeError`/:class:`ValueError` naming it."""
@@ -154,6 +165,8 @@ class Settings:
             compress_threshold=threshold,
             max_value_bytes=max_bytes,
             raise_on_write_error=raise_on_write_error,
+            lease_ttl=check_duration("lease_ttl", lease_ttl),
+            lease_wait=check_duration("lease_wait", lease_wait, allow_zero=True),
             timer=timer,
         )
 
@@ -167,4 +180,6 @@ class Settings:
             "max_key_length": self.max_key_length,
             "compress_threshold": self.compress_threshold,
             "max_value_bytes": self.max_value_bytes,
+            "lease_ttl": self.lease_ttl,
+            "lease_wait": self.lease_wait,
         }

@@ -31,6 +31,12 @@ COUNTERS = (
     "sets",
     "deletes",
     "clears",
+    "tag_invalidations",
+    "l1_flushes",
+    "l2_stale",
+    "lease_waits",
+    "lease_timeouts",
+    "lease_lost",
 )
 
 
@@ -56,6 +62,12 @@ class Counters:
         self.sets = 0
         self.deletes = 0
         self.clears = 0
+        self.tag_invalidations = 0
+        self.l1_flushes = 0
+        self.l2_stale = 0
+        self.lease_waits = 0
+        self.lease_timeouts = 0
+        self.lease_lost = 0
 
     def snapshot(self) -> dict[str, int]:
         """The counters as a plain dict."""

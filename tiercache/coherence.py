@@ -1,0 +1,139 @@
+"""Keeping many L1s honest: the version checks, the bus receiver and the leases of one cache.
+
+``TierCache`` owns one :class:`Coherence` when it has an L2. It answers three questions:
+
+* may this L2 entry be served? (:meth:`Coherence.validate`: not if its namespace or tag
+  versions are older than the current ones; a *newer* version means we missed a message, so
+  the local view is corrected and the affected L1 entries dropped);
+* which versions does a value about to be written carry? (:meth:`Coherence.stamp`, taken
+  before the load starts, so a ``clear``/``invalidate_tags`` during the load makes the
+  written entry stale at once);
+* what happens to L1 when the bus delivers or loses messages? (the ``Receiver`` methods).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from .entry import Entry, TagVersions
+from .invalidation import Bus
+from .l1 import LocalTier
+from .l2 import RedisTier
+from .lease import Leases
+from .messages import OP_CLEAR, OP_KEYS, OP_TAGS
+from .stats import Counters
+from .versions import NAMESPACE, Versions
+
+__all__ = ["Coherence", "Stamp"]
+
+
+class Stamp(NamedTuple):
+    """The versions a value is computed under.
+
+    Since: 0.1.0
+    """
+
+    ns_version: int
+    tags: TagVersions
+    #: When the oldest of these versions was learned (on the cache's monotonic clock).
+    learned_at: float
+
+
+class Coherence:
+    """Versions, bus and leases of one cache with an L2.
+
+    Since: 0.1.0
+    """
+
+    def __init__(
+        self,
+        l1: LocalTier,
+        l2: RedisTier,
+        namespace: str,
+        l1_ttl: float,
+        counters: Counters,
+        clock: Callable[[], float],
+    ) -> None:
+        self._l1 = l1
+        self._counters = counters
+        self.l1_ttl = l1_ttl
+        self.versions = Versions(l2, namespace, refresh_after=l1_ttl / 2, clock=clock)
+        self.leases = Leases(l2)
+        self.bus = Bus(l2, namespace, receiver=self)
+
+    # -- versions ------------------------------------------------------------------------
+
+    def stamp(self, tags: Iterable[str]) -> Stamp:
+        """Current versions for a value with ``tags``; raises L2Error if Redis is away."""
+        tag_list = list(dict.fromkeys(tags))
+        current, learned_at = self.versions.current([NAMESPACE, *tag_list])
+        pairs = tuple((tag, current[tag]) for tag in tag_list)
+        return Stamp(current[NAMESPACE], pairs, learned_at)
+
+    def validate(self, entry: Entry) -> float | None:
+        """None if ``entry`` is older than a current version; else when the versions it was
+        checked against were learned (L1 may keep it at most ``l1_ttl`` past that).
+        Raises L2Error if Redis is away."""
+        names = [NAMESPACE, *(tag for tag, _ in entry.tags)]
+        current, learned_at = self.versions.current(names)
+        if entry.ns_version < current[NAMESPACE]:
+            return None
+        if any(version < current[tag] for tag, version in entry.tags):
+            return None
+        if entry.ns_version > current[NAMESPACE]:
+            # A clear() we never heard of: everything in L1 may predate it.
+            self.apply_clear(entry.ns_version)
+        newer = {tag: v for tag, v in entry.tags if v > current[tag]}
+        if newer:
+            self.apply_tags(newer)
+        return learned_at
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def publish_keys(self, keys: list[str]) -> None:
+        """Tell the other instances these keys changed (raises L2Error)."""
+        self.bus.publish(OP_KEYS, keys)
+
+    def publish_clear(self, ns_version: int) -> None:
+        """Tell the other instances the namespace was cleared (raises L2Error)."""
+        self.bus.publish(OP_CLEAR, ns_version)
+
+    def publish_tags(self, tags: dict[str, int]) -> None:
+        """Tell the other instances these tags were invalidated (raises L2Error)."""
+        self.bus.publish(OP_TAGS, tags)
+
+    # -- the bus receiver ----------------------------------------------------------------
+
+    def apply_keys(self, keys: list[str]) -> None:
+        """Another instance changed these keys."""
+        self._l1.invalidate(keys)
+
+    def apply_clear(self, ns_version: int) -> None:
+        """Another instance cleared the namespace."""
+        self.versions.observe(NAMESPACE, ns_version)
+        self.flush_l1("clear")
+
+    def apply_tags(self, tags: dict[str, int]) -> None:
+        """Another instance invalidated these tags."""
+        for tag, version in tags.items():
+            self.versions.observe(tag, version)
+        self._l1.invalidate_tags(tags)
+
+    def flush_l1(self, reason: str) -> None:
+        """Drop all of L1; what we know of versions may be as old, so forget it too."""
+        self._counters.l1_flushes += 1
+        self._l1.flush()
+        if reason != "clear":
+            self.versions.forget()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def after_fork(self) -> None:
+        """Reset process-local state in a forked child."""
+        self.bus.reset_after_fork()
+        self.versions.forget()
+
+    def close(self) -> None:
+        """Stop the listener."""
+        self.bus.close()

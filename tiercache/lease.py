@@ -1,0 +1,113 @@
+"""Cross-process leases: one process loads a missing key, the others wait for its value.
+
+The lease lives in the value's own key, as a placeholder entry (``entry.py``), so it needs
+no second key (and works on Redis Cluster, where a script may only touch one slot):
+
+* acquire: compare-and-set the key from "what I just read" (nothing, a stale or corrupt
+  entry; compared by SHA-1) to a placeholder holding a random token, with the lease TTL;
+* write: a script sets the value only if the key still holds *my* placeholder. ``set()``,
+  ``delete()`` and expiry replace or remove the placeholder, so a load that an invalidation
+  overtook, or that outlived its lease, loses the right to write (guarantee 3, the L2 half,
+  as in the leases of "Scaling Memcache at Facebook");
+* release (the loader failed): delete the placeholder if it is still mine; never raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from typing import Any
+
+from .entry import LEASE_TOKEN_SIZE, lease_placeholder
+from .errors import L2Error
+from .l2 import RedisTier
+
+__all__ = ["Leases"]
+
+# ARGV[1] says how ARGV[2] describes the bytes seen: 'n' nothing, 'h' their SHA-1, 'b' the
+# bytes themselves (for servers without redis.sha1hex, such as fakeredis).
+_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+local match
+if ARGV[1] == 'n' then
+  match = (cur == false)
+elseif cur == false then
+  match = false
+elseif ARGV[1] == 'h' then
+  match = (redis.sha1hex(cur) == ARGV[2])
+else
+  match = (cur == ARGV[2])
+end
+if match then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  return 1
+end
+return 0
+"""
+
+_WRITE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Leases:
+    """Lease scripts bound to one Redis tier.
+
+    Since: 0.1.0
+    """
+
+    __slots__ = ("_acquire", "_by_digest", "_l2", "_release", "_write")
+
+    def __init__(self, l2: RedisTier) -> None:
+        self._l2 = l2
+        self._acquire: Any = l2.script(_ACQUIRE)
+        self._write: Any = l2.script(_WRITE)
+        self._release: Any = l2.script(_RELEASE)
+        self._by_digest = True
+
+    def acquire(self, rkey: str, seen: bytes | None, ttl_ms: int) -> bytes | None:
+        """Take the lease if ``rkey`` still holds ``seen``; the token, or None."""
+        token = os.urandom(LEASE_TOKEN_SIZE)
+        placeholder = lease_placeholder(token)
+        while True:
+            if seen is None:
+                mode, described = "n", b""
+            elif self._by_digest:
+                mode = "h"
+                described = hashlib.sha1(seen, usedforsecurity=False).hexdigest().encode()
+            else:
+                mode, described = "b", seen
+            try:
+                won = self._l2.run(
+                    self._acquire, "lease acquire", rkey, mode, described, placeholder, ttl_ms
+                )
+            except L2Error as exc:
+                if mode == "h" and "sha1hex" in str(exc):
+                    self._by_digest = False  # a server without redis.sha1hex: send bytes
+                    continue
+                raise
+            return token if won == 1 else None
+
+    def write(self, rkey: str, token: bytes, blob: bytes, ttl_ms: int) -> bool:
+        """Store ``blob`` if the lease is still ours; whether it was stored."""
+        done = self._l2.run(
+            self._write, "lease write", rkey, lease_placeholder(token), blob, max(1, ttl_ms)
+        )
+        return bool(done == 1)
+
+    def release(self, rkey: str, token: bytes) -> None:
+        """Give the lease back (the load failed); errors are swallowed: it expires anyway."""
+        with contextlib.suppress(L2Error):
+            self._l2.run(self._release, "lease release", rkey, lease_placeholder(token))

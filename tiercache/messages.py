@@ -1,0 +1,105 @@
+"""The invalidation message format, one msgpack array per message::
+
+    [MESSAGE_VERSION, origin, seq, op, data]
+
+    origin  16 bytes   the publishing TierCache instance (a new id after a fork)
+    seq     int >= 1   per-origin sequence number, assigned in publish order; a receiver
+                       that sees a gap knows it lost a message and flushes its L1
+    op      int        OP_KEYS: data = [key, ...]          drop those L1 entries
+                       OP_CLEAR: data = namespace version   drop all L1 entries
+                       OP_TAGS: data = {tag: version}       drop L1 entries with those tags
+                       OP_PROBE: data = 16 random bytes     the start-up self-check
+
+Receivers ignore messages whose ``MESSAGE_VERSION`` they do not know (counted as
+undecodable), so a newer publisher never crashes an older listener.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgpack
+
+from .codec import DECODE_ERRORS
+
+__all__ = [
+    "MESSAGE_VERSION",
+    "OP_CLEAR",
+    "OP_KEYS",
+    "OP_PROBE",
+    "OP_TAGS",
+    "Message",
+    "MessageError",
+    "channel_name",
+    "decode_message",
+    "encode_message",
+]
+
+MESSAGE_VERSION = 1
+OP_KEYS = 1
+OP_CLEAR = 2
+OP_TAGS = 3
+OP_PROBE = 4
+_OPS = {OP_KEYS, OP_CLEAR, OP_TAGS, OP_PROBE}
+
+
+def channel_name(namespace: str) -> str:
+    """The pub/sub channel of a namespace.
+
+    Since: 0.1.0
+    """
+    return f"tiercache:inv:{namespace}"
+
+
+class MessageError(ValueError):
+    """Bytes on the channel that are not a message this version understands."""
+
+
+class Message(NamedTuple):
+    """A decoded invalidation message.
+
+    Since: 0.1.0
+    """
+
+    origin: bytes
+    seq: int
+    op: int
+    data: Any
+
+
+def encode_message(origin: bytes, seq: int, op: int, data: Any) -> bytes:
+    """Encode one message.
+
+    Since: 0.1.0
+    """
+    packed: bytes = msgpack.packb([MESSAGE_VERSION, origin, seq, op, data], use_bin_type=True)
+    return packed
+
+
+def decode_message(raw: object) -> Message:
+    """Decode and validate one message; :class:`MessageError` for anything else.
+
+    Since: 0.1.0
+    """
+    if not isinstance(raw, bytes):
+        raise MessageError(f"payload is {type(raw).__name__}, not bytes")
+    try:
+        fields = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except DECODE_ERRORS as exc:
+        raise MessageError(f"not msgpack: {exc}") from exc
+    if not isinstance(fields, list) or len(fields) != 5:
+        raise MessageError("not a 5-field message")
+    version, origin, seq, op, data = fields
+    if version != MESSAGE_VERSION:
+        raise MessageError(f"unknown message version {version!r}")
+    if not isinstance(origin, bytes) or type(seq) is not int or seq < 1 or op not in _OPS:
+        raise MessageError("bad origin, seq or op")
+    if op == OP_KEYS and not (isinstance(data, list) and all(type(k) is str for k in data)):
+        raise MessageError("OP_KEYS data must be a list of str")
+    if op == OP_CLEAR and type(data) is not int:
+        raise MessageError("OP_CLEAR data must be an int")
+    if op == OP_TAGS and not (
+        isinstance(data, dict) and all(type(k) is str and type(v) is int for k, v in data.items())
+    ):
+        raise MessageError("OP_TAGS data must map str to int")
+    return Message(origin, seq, op, data)
