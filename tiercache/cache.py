@@ -29,7 +29,9 @@ from .l1 import LocalTier
 from .l2 import RedisTier
 from .loading import L2Hit, ReadPath
 from .options import TTL_JITTER, Duration, Settings, check_optional_ttl
+from .pending import PendingWrites
 from .stats import Counters, RateLimitedLog
+from .versions import NAMESPACE
 
 __all__ = ["TierCache"]
 
@@ -109,6 +111,7 @@ class TierCache(ReadPath):
         self._l2_log = RateLimitedLog()
         self._corrupt_logged: LRUCache[str, bool] = LRUCache(maxsize=1024)
         self._flight = SingleFlight()
+        self._pending = PendingWrites()
         self._owns_client = False
         self._closed = False
         self._pid = os.getpid()
@@ -213,6 +216,9 @@ class TierCache(ReadPath):
         self._counters.l1_misses += 1
         if self._l2 is None:
             return default
+        self._start_listener()
+        if not self._l2_usable():
+            return default
         ticket = self._l1.ticket(key)
         try:
             found = self._read_l2(key)
@@ -241,7 +247,7 @@ class TierCache(ReadPath):
             else:
                 missing.append(key)
         self._counters.l1_misses += len(missing)
-        if not missing or self._l2 is None:
+        if not missing or self._l2 is None or not self._l2_usable():
             return found
         tickets = [self._l1.ticket(key) for key in missing]
         try:
@@ -267,13 +273,14 @@ class TierCache(ReadPath):
     ) -> None:
         """Store ``value`` under ``key`` in L2, then L1, and tell every other instance.
 
-        Raises :class:`~tiercache.SerializationError` (a ``TypeError``) for a value the
-        serializer cannot encode and :class:`ValueError` for one over ``max_value_bytes``,
-        both before any I/O. ``tags`` let :meth:`invalidate_tags` drop the entry later.
+        Raises `SerializationError` (a `TypeError`) for a value the serializer cannot
+        encode and `ValueError` for one over ``max_value_bytes``, both before any I/O.
+        ``tags`` let `invalidate_tags` drop the entry later.
 
         Since: 0.1.0
         """
-        self.set_many({key: value}, ttl, tags=tags)
+        key = check_key(key, self._settings.max_key_length)
+        self._set_many([key], {key: value}, ttl, tags)
 
     def set_many(
         self,
@@ -290,64 +297,21 @@ class TierCache(ReadPath):
         if not isinstance(mapping, Mapping):
             raise TypeError(f"mapping must be a Mapping of str keys, not {type(mapping).__name__}")
         keys = check_keys(mapping.keys(), self._settings.max_key_length, "mapping keys")
-        ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
-        tag_list = check_tags(tags)
-        self._check_open()
-        self._counters.sets += len(keys)
-        # Encoding validates every value before any I/O, in L1-only mode too, so a value
-        # accepted in development is not refused in production.
-        prepared = [self._codec.prepare(mapping[key]) for key in keys]
-        if self._l2 is None or self._coherence is None:
-            for key in keys:
-                self._l1.fill(key, mapping[key], ttl_s, tags=tag_list)
-            return
-        self._start_listener()
-        l1_ttl = min(self._settings.l1_ttl, ttl_s)
-        try:
-            stamp = self._coherence.stamp(tag_list)
-            now = self._wall()
-            rows = []
-            for key, ready in zip(keys, prepared, strict=True):
-                life = self._jittered(ttl_s)
-                blob = self._codec.frame(ready, now + life, stamp.ns_version, stamp.tags)
-                rows.append((self._prefix + key, blob, int(life * 1000)))
-            self._l2.set_many(rows)
-            self._coherence.publish_keys(keys)
-        except L2Error as exc:
-            if self._settings.raise_on_write_error:
-                # Redis may hold the old or the new value now: make L1 ask it again.
-                self._l1.invalidate(keys)
-            self._write_failed(exc)
-            # Redis may still hold an older copy that outlives l1_ttl; keep ours in L1 for the
-            # full ttl so this instance keeps reading its own write.
-            l1_ttl = ttl_s
-        for key in keys:
-            self._l1.fill(key, mapping[key], l1_ttl, tags=tag_list)
+        self._set_many(keys, mapping, ttl, tags)
 
     def delete(self, key: str) -> None:
         """Remove ``key`` from L2 and from the L1 of every instance.
 
         Since: 0.1.0
         """
-        self.delete_many((key,))
+        self._delete_many([check_key(key, self._settings.max_key_length)])
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Remove every key, in one ``UNLINK`` and one bus message.
 
         Since: 0.1.0
         """
-        wanted = check_keys(keys, self._settings.max_key_length)
-        self._check_open()
-        self._counters.deletes += len(wanted)
-        try:
-            if self._l2 is not None and self._coherence is not None:
-                self._start_listener()
-                self._l2.delete([self._prefix + key for key in wanted])
-                self._coherence.publish_keys(wanted)
-        except L2Error as exc:
-            self._write_failed(exc)
-        finally:
-            self._l1.invalidate(wanted)
+        self._delete_many(check_keys(keys, self._settings.max_key_length))
 
     def invalidate_tags(self, *tags: str) -> None:
         """Invalidate every entry set with any of ``tags``, in every instance, without
@@ -361,9 +325,10 @@ class TierCache(ReadPath):
         try:
             if self._coherence is not None:
                 self._start_listener()
-                versions = self._coherence.versions.bump(tag_list)
-                self._coherence.publish_tags(versions)
+                self._replay_pending()
+                self._l2_invalidate_tags(tag_list)
         except L2Error as exc:
+            self._pending.add_tags(tag_list)
             self._write_failed(exc)
         finally:
             self._l1.invalidate_tags(tag_list)
@@ -380,12 +345,99 @@ class TierCache(ReadPath):
         try:
             if self._coherence is not None:
                 self._start_listener()
-                versions = self._coherence.versions.bump([""])
-                self._coherence.publish_clear(versions[""])
+                self._replay_pending()
+                self._l2_clear()
         except L2Error as exc:
+            self._pending.add_clear()
             self._write_failed(exc)
         finally:
             self._l1.flush()
+
+    def _set_many(
+        self, keys: list[str], mapping: Mapping[str, Any], ttl: Duration | None, tags: Any
+    ) -> None:
+        ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
+        tag_list = check_tags(tags)
+        self._check_open()
+        self._counters.sets += len(keys)
+        # Encoding validates every value before any I/O, in L1-only mode too, so a value
+        # accepted in development is not refused in production.
+        prepared = [self._codec.prepare(mapping[key]) for key in keys]
+        if self._l2 is None or self._coherence is None:
+            for key in keys:
+                self._l1.fill(key, mapping[key], ttl_s, tags=tag_list)
+            return
+        self._start_listener()
+        l1_ttl = min(self._settings.l1_ttl, ttl_s)
+        try:
+            self._replay_pending()
+            stamp = self._coherence.stamp(tag_list)
+            now = self._wall()
+            rows = []
+            for key, ready in zip(keys, prepared, strict=True):
+                life = self._jittered(ttl_s)
+                blob = self._codec.frame(ready, now + life, stamp.ns_version, stamp.tags)
+                rows.append((self._prefix + key, blob, int(life * 1000)))
+            self._l2.set_many(rows)
+            self._coherence.publish_keys(keys)
+        except L2Error as exc:
+            # Redis may hold the old value, or the new one unannounced: delete it there
+            # before trusting Redis again (pending.py).
+            self._pending.add_keys(keys)
+            if self._settings.raise_on_write_error:
+                self._l1.invalidate(keys)
+            self._write_failed(exc)
+            # Keep our value for the full ttl: this instance keeps reading its own write.
+            l1_ttl = ttl_s
+        for key in keys:
+            self._l1.fill(key, mapping[key], l1_ttl, tags=tag_list)
+
+    def _delete_many(self, keys: list[str]) -> None:
+        self._check_open()
+        self._counters.deletes += len(keys)
+        try:
+            if self._coherence is not None:
+                self._start_listener()
+                self._replay_pending()
+                self._l2_delete(keys)
+        except L2Error as exc:
+            self._pending.add_keys(keys)
+            self._write_failed(exc)
+        finally:
+            self._l1.invalidate(keys)
+
+    # -- L2 invalidation, shared by the writes and the replay of failed ones ---------------
+
+    def _l2_delete(self, keys: list[str]) -> None:
+        assert self._l2 is not None
+        assert self._coherence is not None
+        self._l2.delete([self._prefix + key for key in keys])
+        self._coherence.publish_keys(keys)
+
+    def _l2_invalidate_tags(self, tags: list[str]) -> None:
+        assert self._coherence is not None
+        self._coherence.publish_tags(self._coherence.versions.bump(tags))
+
+    def _l2_clear(self) -> None:
+        assert self._coherence is not None
+        versions = self._coherence.versions.bump([NAMESPACE])
+        self._coherence.publish_clear(versions[NAMESPACE])
+
+    def _replay_pending(self) -> None:
+        """Redo invalidations that failed earlier; raises L2Error if Redis still fails."""
+        if self._pending.any:
+            self._pending.replay(self._l2_clear, self._l2_invalidate_tags, self._l2_delete)
+
+    def _l2_usable(self) -> bool:
+        """Whether L2 may be read: no failed invalidation is left to replay."""
+        if not self._pending.any:
+            return True
+        try:
+            self._replay_pending()
+        except L2Error as exc:
+            self._read_failed(exc)
+            return False
+        return True
 
     # -- introspection and lifecycle -----------------------------------------------------
 
@@ -415,17 +467,20 @@ class TierCache(ReadPath):
 
     def memoize(
         self,
-        ttl: Duration | None = None,
+        ttl: Duration | Callable[..., Any] | None = None,
         *,
         tags: Iterable[str] = (),
         ignore: Iterable[str] = (),
-    ) -> Callable[[Callable[..., T]], Any]:
-        """Decorate a function so its results are cached here; see :func:`tiercache.memoize`.
+    ) -> Any:
+        """Decorate a function so its results are cached here, bare (``@cache.memoize``) or
+        with options (``@cache.memoize(ttl=60, tags=("prices",))``); see `tiercache.memoize`.
 
         Since: 0.1.0
         """
         from .memoize import memoize_with
 
+        if callable(ttl) and not isinstance(ttl, (int, float)):
+            return memoize_with(lambda: self)(ttl)
         return memoize_with(lambda: self, ttl=ttl, tags=tags, ignore=ignore)
 
     def close(self) -> None:

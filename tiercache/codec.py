@@ -21,6 +21,7 @@ from .errors import CorruptEntryError, SerializationError
 
 __all__ = [
     "DECODE_ERRORS",
+    "MAX_EXT_DEPTH",
     "MsgpackSerializer",
     "Serializer",
     "ZstdCompressor",
@@ -57,6 +58,8 @@ _EXT_UUID = 6
 _EXT_SET = 7
 _EXT_FROZENSET = 8
 _EXT_TUPLE = 9
+#: Deepest nesting of extension types (tuples in sets in tuples...) accepted on decode.
+MAX_EXT_DEPTH = 64
 
 
 def _tz_spec(tz: dt.tzinfo | None, when: dt.datetime | None) -> Any:
@@ -110,7 +113,7 @@ class MsgpackSerializer:
             data: bytes = self._packer().pack(value)
         except SerializationError:
             raise
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             # The packer's buffer is reset on error, but be safe: drop it.
             self._local.packer = None
             raise SerializationError(f"cannot serialize value: {exc}") from exc
@@ -169,7 +172,20 @@ class MsgpackSerializer:
             return Decimal(data.decode())
         if code == _EXT_UUID:
             return uuid.UUID(bytes=data)
-        parts = self.loads(data)
+        # Extension payloads are unpacked by a nested unpackb, which recurses in C with no
+        # limit of its own: a few KB of nested tuples would crash the process.
+        depth: int = getattr(self._local, "ext_depth", 0)
+        if depth >= MAX_EXT_DEPTH:
+            raise ValueError(f"extension types nested deeper than {MAX_EXT_DEPTH}")
+        self._local.ext_depth = depth + 1
+        try:
+            parts = self.loads(data)
+        finally:
+            self._local.ext_depth = depth
+        return self._from_parts(code, parts)
+
+    @staticmethod
+    def _from_parts(code: int, parts: Any) -> Any:
         if code == _EXT_DATETIME:
             y, mo, d, h, mi, s, us, tz, fold = parts
             return dt.datetime(y, mo, d, h, mi, s, us, tzinfo=_tz_from_spec(tz), fold=fold)
@@ -194,7 +210,7 @@ class ZstdCompressor:
 
     python-zstandard ignores ``max_output_size`` when a frame declares its content size
     (field-notes 10: 8 KB expanded to 256 MiB past a 1 MiB cap), so the declared size is
-    checked first and frames of unknown size are read through a bounded stream.
+    checked first; frames that do not declare it are refused (tiercache never writes them).
     Thread-safe: zstd contexts are per thread.
 
     Since: 0.1.0
@@ -225,20 +241,11 @@ class ZstdCompressor:
                 raise CorruptEntryError(
                     f"zstd frame declares {declared} bytes, over the {max_size}-byte cap"
                 )
-            if declared >= 0:
-                out: bytes = decompressor.decompress(data, max_output_size=max_size)
-            else:
-                # Unknown size: read in chunks and stop one byte past the cap.
-                chunks: list[bytes] = []
-                total = 0
-                with decompressor.stream_reader(data) as reader:
-                    while total <= max_size:
-                        chunk = reader.read(min(1 << 20, max_size + 1 - total))
-                        if not chunk:
-                            break
-                        chunks.append(chunk)
-                        total += len(chunk)
-                out = b"".join(chunks)
+            if declared < 0:
+                # tiercache always writes the content size; a frame without one is foreign
+                # (and could only be bounded by streaming, which cannot tell truncation).
+                raise CorruptEntryError("zstd frame does not declare its content size")
+            out: bytes = decompressor.decompress(data, max_output_size=max_size)
         except zstandard.ZstdError as exc:
             raise CorruptEntryError(f"bad zstd frame: {exc}") from exc
         if len(out) > max_size:

@@ -58,7 +58,9 @@ class SingleFlight:
             raise
         finally:
             with self._lock:
-                del self._calls[key]
+                # Only our own call: after a fork reset a newer leader may own the key.
+                if self._calls.get(key) is call:
+                    del self._calls[key]
             call.done.set()
         return call.value, True
 

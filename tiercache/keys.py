@@ -86,6 +86,7 @@ def check_tags(tags: object, name: str = "tags") -> list[str]:
 _T_NONE, _T_TRUE, _T_FALSE, _T_INT, _T_FLOAT, _T_STR, _T_BYTES = b"NTFifsb"
 _T_TUPLE, _T_LIST, _T_DICT, _T_SET, _T_FROZENSET = b"tlDSZ"
 _T_DECIMAL, _T_DATETIME, _T_DATE, _T_TIME, _T_TIMEDELTA, _T_UUID, _T_ENUM, _T_CUSTOM = b"dWYHRUEC"
+_T_TYPE = ord("K")
 
 _pack_len = struct.Struct("!I").pack
 
@@ -98,8 +99,8 @@ def encode_argument(value: object, path: str = "argument") -> bytes:
     """Encode ``value`` canonically; raise :class:`TypeError` naming ``path`` if unsupported.
 
     Supported: None, bool, int, float, str, bytes, tuple, list, dict, set, frozenset, Decimal,
-    datetime/date/time/timedelta, UUID, Enum members, and any object with a
-    ``__tiercache_key__()`` method returning a supported value.
+    datetime/date/time/timedelta, UUID, Enum members, classes (by qualified name), and any
+    object with a ``__tiercache_key__()`` method returning a supported value.
 
     Since: 0.1.0
     """
@@ -110,6 +111,9 @@ def encode_argument(value: object, path: str = "argument") -> bytes:
         return bytes((_T_TRUE,))
     if value is False:
         return bytes((_T_FALSE,))
+    if isinstance(value, type):
+        # Classes (e.g. ``cls`` of a classmethod) are keyed by their qualified name.
+        return _frame(_T_TYPE, f"{value.__module__}.{value.__qualname__}".encode())
     custom = getattr(type(value), "__tiercache_key__", None)
     if custom is not None:
         qual = f"{type(value).__module__}.{type(value).__qualname__}".encode()

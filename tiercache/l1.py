@@ -166,6 +166,8 @@ class LocalTier:
             deadline = self.timer() + ttl
             self._book[key] = deadline
             if key not in self._book:
+                # Already expired: TLRUCache dropped it; the old value must go too.
+                self.data.pop(key, None)
                 return False
             self.data[key] = (value, deadline)
             for tag in tags:

@@ -49,7 +49,9 @@ class RedisTier:
     __slots__ = ("_cluster", "client")
 
     def __init__(self, client: Any) -> None:
-        if not hasattr(client, "execute_command") or not hasattr(client, "pipeline"):
+        if isinstance(client, type) or not (
+            hasattr(client, "execute_command") and hasattr(client, "pipeline")
+        ):
             raise TypeError(
                 "client must be a redis-py client (redis.Redis, a Sentinel master or "
                 f"redis.cluster.RedisCluster) or None, not {type(client).__name__}"

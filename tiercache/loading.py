@@ -71,6 +71,7 @@ class ReadPath:
         def _start_listener(self) -> None: ...
         def _jittered(self, ttl_s: float) -> float: ...
         def _read_failed(self, exc: L2Error) -> None: ...
+        def _l2_usable(self) -> bool: ...
 
     # -- the miss path -------------------------------------------------------------------
 
@@ -114,13 +115,14 @@ class ReadPath:
         assert self._coherence is not None
         leases = self._coherence.leases
         rkey = self._prefix + key
-        try:
-            # Versions are taken before reading and loading: an invalidation from now on
-            # makes what this load writes stale.
-            stamp: Stamp | None = self._coherence.stamp(tags)
-        except L2Error as exc:
-            self._read_failed(exc)
-            stamp = None
+        stamp: Stamp | None = None
+        if self._l2_usable():
+            try:
+                # Versions are taken before reading and loading: an invalidation from now on
+                # makes what this load writes stale.
+                stamp = self._coherence.stamp(tags)
+            except L2Error as exc:
+                self._read_failed(exc)
         give_up = time.monotonic() + self._settings.lease_wait
         pause = _LEASE_POLL_FIRST
         waited = False

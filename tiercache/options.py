@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
     "DEFAULT_NAMESPACE",
     "DEFAULT_TTL",
+    "MAX_DURATION",
     "TTL_JITTER",
     "Duration",
     "Settings",
@@ -60,6 +61,11 @@ DEFAULT_LEASE_WAIT = 5.0
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
 
+#: Longest duration accepted for any option, seconds (ten years): entries record expiry in
+#: milliseconds, and nothing cached should outlive its deployment by decades.
+MAX_DURATION = 10 * 365 * 24 * 3600.0
+
+
 def check_duration(name: str, value: object, *, allow_zero: bool = False) -> float:
     """Return ``value`` as seconds, or raise naming ``name``.
 
@@ -74,6 +80,10 @@ def check_duration(name: str, value: object, *, allow_zero: bool = False) -> flo
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite duration {bound} seconds, got {value!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(
+            f"{name} must be at most {MAX_DURATION:g} seconds (10 years), got {value!r}"
+        )
     return seconds
 
 

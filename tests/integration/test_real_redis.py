@@ -1,0 +1,255 @@
+"""TierCache against a real redis-server: from_url, credentials and ACLs, a killed or frozen
+server, and L2 hits after L1 eviction."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import AuthenticationError, NoPermissionError
+
+import tiercache
+from tests.redis_server import RedisServer
+from tiercache import TierCache
+
+pytestmark = pytest.mark.redis
+
+PASSWORD = "secret"
+BOUND = 10.0  # seconds: upper bound of every wait for asynchronous state
+
+
+def wait_until(predicate: Any, timeout: float = BOUND) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes; whether it became true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return bool(predicate())
+
+
+class Loader:
+    """A loader that counts its calls and returns ``value``."""
+
+    def __init__(self, value: Any = "loaded") -> None:
+        self.value = value
+        self.calls = 0
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        return self.value
+
+
+@pytest.fixture
+def namespace() -> str:
+    return "it" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="module")
+def auth_server(redis_binary: str) -> Iterator[RedisServer]:
+    """A private redis-server with --requirepass and an ACL user allowed only to read."""
+    server = RedisServer(["--requirepass", PASSWORD], binary=redis_binary).start()
+    try:
+        admin = server.client(password=PASSWORD)
+        try:
+            admin.execute_command(
+                "ACL", "SETUSER", "reader", "on", ">pw", "~*", "-@all", "+get", "+mget"
+            )
+        finally:
+            admin.close()
+        yield server
+    finally:
+        server.stop()
+
+
+def _url(server: RedisServer, userinfo: str) -> str:
+    return f"redis://{userinfo}@127.0.0.1:{server.port}/0"
+
+
+def test_from_url_cache_works_end_to_end(redis_server: RedisServer, namespace: str) -> None:
+    """A from_url cache loads, stores in Redis, and a second from_url cache reads it (L2)."""
+    with (
+        TierCache.from_url(redis_server.url, namespace=namespace) as first,
+        TierCache.from_url(redis_server.url, namespace=namespace) as second,
+    ):
+        loader = Loader({"sku": "A1", "price": "9.90"})
+        assert first.get_or_set("p:A1", loader) == {"sku": "A1", "price": "9.90"}
+        first.set_many({"a": 1, "b": (2, 3)})
+
+        assert second.get_or_set("p:A1", Loader("never")) == {"sku": "A1", "price": "9.90"}
+        assert second.get_many(["a", "b", "c"]) == {"a": 1, "b": (2, 3)}
+        assert second.stats()["l2_hits"] == 3
+        assert loader.calls == 1
+
+        first.delete("a")
+        first.clear()
+        assert first.get_many(["p:A1", "a", "b"]) == {}
+
+
+def test_close_closes_the_client_from_url_created(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """close() on a from_url cache closes its connections (the server sees them go)."""
+    name = "tc-close-" + namespace
+    observer = redis_server.client()
+    try:
+        cache = TierCache.from_url(
+            redis_server.url, namespace=namespace, redis_options={"client_name": name}
+        )
+        cache.set("k", 1)
+        assert name in _client_names(observer)
+
+        cache.close()
+
+        # The server drops a closed connection on its next event-loop turn; each CLIENT LIST
+        # is a round trip, so a bounded number of them is a bounded wait.
+        for _ in range(200):
+            if name not in _client_names(observer):
+                break
+        assert name not in _client_names(observer)
+    finally:
+        observer.close()
+
+
+def _client_names(client: redis.Redis) -> set[str]:
+    names = set()
+    for entry in client.client_list():
+        name = entry.get("name")
+        names.add(name.decode() if isinstance(name, bytes) else str(name))
+    return names
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        pytest.param(lambda c: c.get("k"), id="get"),
+        pytest.param(lambda c: c.get_or_set("k", Loader()), id="get_or_set"),
+        pytest.param(lambda c: c.set("k", 1), id="set"),
+        pytest.param(lambda c: c.get_many(["k"]), id="get_many"),
+    ],
+)
+@pytest.mark.parametrize("userinfo", [f":wrong-{PASSWORD}", ""], ids=["wrong", "missing"])
+def test_bad_password_raises_authentication_error_on_first_use(
+    auth_server: RedisServer, namespace: str, userinfo: str, operation: Any
+) -> None:
+    """A wrong or missing password is a clear AuthenticationError, not a silent miss."""
+    url = _url(auth_server, userinfo) if userinfo else auth_server.url
+    with TierCache.from_url(url, namespace=namespace) as cache:
+        with pytest.raises(AuthenticationError):
+            operation(cache)
+        assert cache.stats()["l2_errors"] == 0
+
+
+def test_right_password_works(auth_server: RedisServer, namespace: str) -> None:
+    """With the right password in the URL the cache uses Redis normally."""
+    url = _url(auth_server, f":{PASSWORD}")
+    with (
+        TierCache.from_url(url, namespace=namespace) as first,
+        TierCache.from_url(url, namespace=namespace) as second,
+    ):
+        first.set("k", "v")
+        assert second.get("k") == "v"
+        assert second.stats()["l2_hits"] == 1
+
+
+def test_acl_user_without_write_permission_raises_no_permission_error(
+    auth_server: RedisServer, namespace: str
+) -> None:
+    """A user lacking SET gets NoPermissionError from set and from a load's write-back;
+    reads it may do still work."""
+    with TierCache.from_url(_url(auth_server, "reader:pw"), namespace=namespace) as cache:
+        assert cache.get("k", default="miss") == "miss"
+
+        with pytest.raises(NoPermissionError):
+            cache.set("k", 1)
+        with pytest.raises(NoPermissionError):
+            cache.get_or_set("k2", Loader())
+        assert cache.stats()["l2_write_errors"] == 0
+
+
+def test_reads_degrade_to_the_loader_while_redis_is_killed_and_recover_after_restart(
+    fresh_redis_server: RedisServer, namespace: str
+) -> None:
+    """With Redis killed, reads answer from L1/loader and never raise; entries cached before
+    the bus was lost are not served (guarantee 2), entries stored meanwhile are; after a
+    restart L2 is used again without any call to reconnect."""
+    server = fresh_redis_server
+    writer = TierCache.from_url(server.url, namespace=namespace)
+    reader = TierCache.from_url(server.url, namespace=namespace)
+    try:
+        writer.set("before", 1)
+        assert reader.get("before") == 1  # the reader's connection is pooled now
+
+        server.kill()
+        try:
+            assert wait_until(lambda: reader.stats()["bus_subscribed"] == 0)
+            loader = Loader("from db")
+            assert reader.get_or_set("k", loader) == "from db"
+            assert reader.get("absent", default="miss") == "miss"
+            # "before" was cached before the subscription was lost: not served any more.
+            assert reader.get_many(["before", "absent"]) == {}
+            writer.set("during", 2)  # logged and counted, not raised
+            assert reader.get_or_set("k", loader) == "from db"  # stored meanwhile: from L1
+            assert loader.calls == 1
+            assert reader.stats()["l2_errors"] >= 2
+            assert writer.stats()["l2_write_errors"] == 1
+        finally:
+            server.restart()
+
+        hits = reader.stats()["l2_hits"]
+        writer.set("after", 3)
+        assert reader.get("after") == 3
+        assert reader.stats()["l2_hits"] == hits + 1
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_reads_degrade_to_the_loader_while_redis_is_frozen(
+    fresh_redis_server: RedisServer, namespace: str
+) -> None:
+    """A frozen Redis (SIGSTOP: connections hang) degrades reads to the loader, no error."""
+    server = fresh_redis_server
+    cache = TierCache.from_url(server.url, namespace=namespace)
+    try:
+        cache.set("warm", 1)  # connect while the server answers
+        server.pause()
+        try:
+            # Completing at all shows the client does not retry forever; its bound is the socket
+            # timeout (a speed, measured in benchmarks, not asserted here).
+            assert cache.get_or_set("k", Loader("from db")) == "from db"
+            assert cache.get("absent", default="miss") == "miss"
+        finally:
+            server.resume()
+        assert cache.stats()["l2_errors"] >= 1
+    finally:
+        cache.close()
+
+
+def test_raise_on_write_error_surfaces_a_killed_redis_as_l2_error(
+    fresh_redis_server: RedisServer, namespace: str
+) -> None:
+    """With raise_on_write_error=True, a write to a dead server raises tiercache.L2Error."""
+    server = fresh_redis_server
+    with TierCache.from_url(server.url, namespace=namespace, raise_on_write_error=True) as cache:
+        server.kill()
+        with pytest.raises(tiercache.L2Error):
+            cache.set("k", 1)
+
+
+def test_entry_evicted_from_l1_is_an_l2_hit(redis_server: RedisServer, namespace: str) -> None:
+    """With l1_maxsize=1 the evicted key is read back from Redis, not reloaded."""
+    with TierCache.from_url(redis_server.url, namespace=namespace, l1_maxsize=1) as cache:
+        cache.set("a", "A")
+        cache.set("b", "B")  # evicts "a" from L1
+        assert cache.stats()["l1_size"] == 1
+        loader = Loader("reloaded")
+
+        assert cache.get_or_set("a", loader) == "A"
+
+        assert loader.calls == 0
+        assert cache.stats()["l2_hits"] == 1

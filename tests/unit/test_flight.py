@@ -1,0 +1,267 @@
+"""Single-flight: one load per key at a time in a process, others share its outcome."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tiercache import flight
+from tiercache.flight import SingleFlight
+
+TIMEOUT = 10.0
+
+
+class ObservedEvent(threading.Event):
+    """An Event that counts the threads that started waiting on it."""
+
+    def __init__(self, entered: threading.Condition, counter: list[int]) -> None:
+        super().__init__()
+        self._entered = entered
+        self._counter = counter
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._entered:
+            self._counter[0] += 1
+            self._entered.notify_all()
+        return super().wait(timeout)
+
+
+@pytest.fixture
+def waiting(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Returns ``until(n)``: block (bounded) until ``n`` callers are waiting on a leader."""
+    entered = threading.Condition()
+    counter = [0]
+
+    class ObservedCall(flight._Call):
+        def __init__(self) -> None:
+            super().__init__()
+            self.done = ObservedEvent(entered, counter)
+
+    monkeypatch.setattr(flight, "_Call", ObservedCall)
+
+    def until(n: int) -> None:
+        with entered:
+            assert entered.wait_for(lambda: counter[0] >= n, timeout=TIMEOUT), counter
+
+    return until
+
+
+def run_threads(targets: list[Callable[[], None]]) -> None:
+    threads = [threading.Thread(target=t) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=TIMEOUT)
+    assert not any(t.is_alive() for t in threads), "a caller is stuck"
+
+
+def test_single_call_runs_fn_and_reports_it_led() -> None:
+    """An uncontended call runs fn once and returns (value, True)."""
+    sf = SingleFlight()
+    calls: list[int] = []
+    assert sf.run("k", lambda: calls.append(1) or "v") == ("v", True)
+    assert calls == [1]
+    assert sf.in_flight() == 0
+
+
+def test_sequential_calls_each_run_fn() -> None:
+    """Single-flight is not a cache: once a call finished, the next one runs fn again."""
+    sf = SingleFlight()
+    calls: list[int] = []
+    for _ in range(3):
+        sf.run("k", lambda: calls.append(1))
+    assert len(calls) == 3
+
+
+def test_concurrent_callers_share_one_run(waiting: Callable[[int], None]) -> None:
+    """N callers of one key: fn runs once, all get its value, exactly one is the leader."""
+    sf = SingleFlight()
+    callers = 8
+    barrier = threading.Barrier(callers, timeout=TIMEOUT)
+    release = threading.Event()
+    calls: list[int] = []
+    results: list[tuple[Any, bool]] = []
+
+    def load() -> object:
+        calls.append(1)
+        waiting(callers - 1)  # every other caller is now parked on this call
+        release.set()
+        return {"answer": 42}
+
+    def caller() -> None:
+        barrier.wait()
+        results.append(sf.run("k", load))
+
+    run_threads([caller] * callers)
+    assert release.is_set()
+    assert len(calls) == 1
+    assert len(results) == callers
+    assert sum(led for _, led in results) == 1
+    values = [value for value, _ in results]
+    assert all(v is values[0] for v in values)
+    assert sf.in_flight() == 0
+
+
+def test_exception_propagates_to_every_waiter(waiting: Callable[[int], None]) -> None:
+    """If fn raises, the leader and every waiting caller get that exception; fn ran once."""
+    sf = SingleFlight()
+    callers = 5
+    barrier = threading.Barrier(callers, timeout=TIMEOUT)
+    calls: list[int] = []
+    raised: list[BaseException] = []
+
+    class LoadFailedError(Exception):
+        pass
+
+    def load() -> None:
+        calls.append(1)
+        waiting(callers - 1)
+        raise LoadFailedError("db down")
+
+    def caller() -> None:
+        barrier.wait()
+        try:
+            sf.run("k", load)
+        except LoadFailedError as exc:
+            raised.append(exc)
+
+    run_threads([caller] * callers)
+    assert len(calls) == 1
+    assert len(raised) == callers
+    assert all(str(exc) == "db down" for exc in raised)
+    assert sf.in_flight() == 0
+
+
+def test_after_a_failure_the_next_call_runs_again() -> None:
+    """A failed load is not remembered: the next call for the key runs fn."""
+    sf = SingleFlight()
+
+    def boom() -> None:
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        sf.run("k", boom)
+    assert sf.run("k", lambda: 7) == (7, True)
+
+
+def test_distinct_keys_load_in_parallel() -> None:
+    """Loads of different keys overlap: each waits for the other to start (no global lock)."""
+    sf = SingleFlight()
+    a_started, b_started = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def load_a() -> str:
+        a_started.set()
+        assert b_started.wait(TIMEOUT), "load of b never started while a was loading"
+        return "A"
+
+    def load_b() -> str:
+        b_started.set()
+        assert a_started.wait(TIMEOUT), "load of a never started while b was loading"
+        return "B"
+
+    def call(key: str, fn: Callable[[], str]) -> None:
+        try:
+            results[key] = sf.run(key, fn)
+        except AssertionError as exc:
+            results[key] = exc
+
+    run_threads([lambda: call("a", load_a), lambda: call("b", load_b)])
+    assert results == {"a": ("A", True), "b": ("B", True)}
+    assert sf.in_flight() == 0
+
+
+def test_in_flight_counts_keys_being_loaded() -> None:
+    """in_flight() sees a load while it runs and forgets it afterwards."""
+    sf = SingleFlight()
+    seen: list[int] = []
+    sf.run("k", lambda: seen.append(sf.in_flight()))
+    assert seen == [1]
+    assert sf.in_flight() == 0
+
+
+def test_reset_after_fork_forgets_calls_in_flight() -> None:
+    """After a reset (a forked child), a key whose load was in flight can be loaded anew
+    at once instead of waiting for a leader that does not exist in the child."""
+    sf = SingleFlight()
+    started, release = threading.Event(), threading.Event()
+    outcome: list[object] = []
+
+    def parent_load() -> str:
+        started.set()
+        assert release.wait(TIMEOUT)
+        return "parent"
+
+    def parent() -> None:
+        try:
+            outcome.append(sf.run("k", parent_load))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=parent)
+    thread.start()
+    try:
+        assert started.wait(TIMEOUT)
+        sf.reset_after_fork()
+        assert sf.in_flight() == 0
+        assert sf.run("k", lambda: "child") == ("child", True)
+    finally:
+        release.set()
+        thread.join(TIMEOUT)
+    assert not thread.is_alive()
+    assert outcome == [("parent", True)]
+
+
+def test_leader_outliving_a_fork_reset_returns_its_value() -> None:
+    """A load that was running when the map was reset still returns its own value
+    (regression: `del self._calls[key]` raised KeyError)."""
+    sf = SingleFlight()
+
+    def load() -> str:
+        sf.reset_after_fork()  # e.g. the loader itself forked and continues in the child
+        return "value"
+
+    assert sf.run("k", load) == ("value", True)
+
+
+def test_finished_leader_does_not_remove_a_newer_call_for_its_key() -> None:
+    """Bookkeeping is per call: after a reset, the old leader finishing leaves the new
+    leader's call registered, so a third caller still waits instead of loading twice
+    (regression: the old leader deleted whatever call held its key)."""
+    sf = SingleFlight()
+    new_started, new_release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def old_load() -> str:
+        sf.reset_after_fork()
+        thread.start()
+        assert new_started.wait(TIMEOUT)
+        return "old"
+
+    def new_load() -> str:
+        calls.append("new")
+        new_started.set()
+        assert new_release.wait(TIMEOUT)
+        return "new"
+
+    new_outcome: list[object] = []
+
+    def new_leader() -> None:
+        try:
+            new_outcome.append(sf.run("k", new_load))
+        except BaseException as exc:
+            new_outcome.append(exc)
+
+    thread = threading.Thread(target=new_leader)
+    try:
+        assert sf.run("k", old_load) == ("old", True)
+        assert sf.in_flight() == 1, "the new leader's call was dropped"
+    finally:
+        new_release.set()
+        thread.join(TIMEOUT)
+    assert not thread.is_alive()
+    assert calls == ["new"]
+    assert new_outcome == [("new", True)]
