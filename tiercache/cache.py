@@ -249,21 +249,27 @@ class TierCache(ReadPath):
         self._counters.l1_misses += len(missing)
         if not missing or self._l2 is None or not self._l2_usable():
             return found
-        tickets = [self._l1.ticket(key) for key in missing]
+        # One lock round for all tickets, one for all fills, one for all releases.
+        tickets = self._l1.tickets(missing)
         try:
             try:
                 blobs = self._l2.get_many([self._prefix + key for key in missing])
             except L2Error as exc:
                 self._read_failed(exc)
                 return found
+            fills = []
             for key, blob, ticket in zip(missing, blobs, tickets, strict=True):
                 checked = self._check_blob(key, blob)
                 if isinstance(checked, L2Hit):
-                    self._fill_from_l2(key, checked, ticket)
                     found[key] = checked.entry.value
+                    l1_ttl = self._l1_ttl_for(checked)
+                    if l1_ttl > 0:
+                        tags = [tag for tag, _ in checked.entry.tags]
+                        fills.append((key, checked.entry.value, l1_ttl, ticket, tags))
+            if fills:
+                self._l1.fill_many(fills)
         finally:
-            for ticket in tickets:
-                self._l1.release(ticket)
+            self._l1.release_all(tickets)
         return found
 
     # -- writes ------------------------------------------------------------------------

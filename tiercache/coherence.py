@@ -75,6 +75,14 @@ class Coherence:
         """None if ``entry`` is older than a current version; else when the versions it was
         checked against were learned (L1 may keep it at most ``l1_ttl`` past that).
         Raises L2Error if Redis is away."""
+        if not entry.tags:
+            # The common case, lock-free: no tags and a current namespace version known.
+            known = self.versions.fresh(NAMESPACE)
+            if known is not None:
+                if entry.ns_version < known[0]:
+                    return None
+                if entry.ns_version == known[0]:
+                    return known[1]
         names = [NAMESPACE, *(tag for tag, _ in entry.tags)]
         current, learned_at = self.versions.current(names)
         if entry.ns_version < current[NAMESPACE]:

@@ -2,6 +2,8 @@
 
 Keys are independent: there is no global lock around a load, only a short one around the map
 of calls in progress (cachetools ``_cached.py`` style: lock the map, never the user's function).
+The event a follower waits on is made only when a follower appears: most loads have none, and
+a ``threading.Event`` costs more than the rest of the bookkeeping together.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ __all__ = ["SingleFlight"]
 
 
 class _Call:
-    __slots__ = ("done", "error", "value", "waiters")
+    __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done: threading.Event | None = None
         self.value: Any = None
         self.error: BaseException | None = None
-        self.waiters = 0
 
 
 class SingleFlight:
@@ -32,7 +33,7 @@ class SingleFlight:
     __slots__ = ("_calls", "_lock")
 
     def __init__(self) -> None:
-        # Guards _calls only; never held while fn runs.
+        # Guards _calls and each call's ``done``; never held while fn runs.
         self._lock = threading.Lock()
         self._calls: dict[str, _Call] = {}
 
@@ -41,13 +42,15 @@ class SingleFlight:
         caller that waited for it gets the same exception."""
         with self._lock:
             call = self._calls.get(key)
-            leader = call is None
             if call is None:
                 call = self._calls[key] = _Call()
+                done = None
             else:
-                call.waiters += 1
-        if not leader:
-            call.done.wait()
+                done = call.done
+                if done is None:
+                    done = call.done = threading.Event()
+        if done is not None:
+            done.wait()
             if call.error is not None:
                 raise call.error
             return call.value, False
@@ -61,7 +64,9 @@ class SingleFlight:
                 # Only our own call: after a fork reset a newer leader may own the key.
                 if self._calls.get(key) is call:
                     del self._calls[key]
-            call.done.set()
+                done = call.done
+            if done is not None:
+                done.set()
         return call.value, True
 
     def in_flight(self) -> int:

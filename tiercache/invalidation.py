@@ -121,6 +121,8 @@ class Bus:
         self._start_lock = threading.Lock()
         self._pubsub: Any = None
         self._thread: threading.Thread | None = None
+        # True while _run is running (cheaper to read than Thread.is_alive()).
+        self._running = False
         self._stop = threading.Event()
         self.subscribed = False
         self._subscribed_event = threading.Event()
@@ -161,8 +163,7 @@ class Bus:
 
     def ensure_started(self) -> None:
         """Start the listener if it is not running in this process (cheap when it is)."""
-        thread = self._thread
-        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+        if self._running and self._pid == os.getpid():
             return
         with self._start_lock:
             if self._pid != os.getpid():
@@ -174,6 +175,7 @@ class Bus:
             self._thread = threading.Thread(
                 target=self._run, name=f"tiercache-bus:{self.channel}", daemon=True
             )
+            self._running = True
             self._thread.start()
         # Bounded: with Redis down this costs one wait per listener start, not per call.
         self._subscribed_event.wait(FIRST_SUBSCRIBE_WAIT)
@@ -210,6 +212,12 @@ class Bus:
             self._recv_lock.release()
 
     def _run(self) -> None:
+        try:
+            self._listen()
+        finally:
+            self._running = False
+
+    def _listen(self) -> None:
         attempt = 0
         while not self._stop.is_set():
             try:

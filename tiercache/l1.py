@@ -1,19 +1,24 @@
 """L1: the in-process tier. Lock-free reads, locked writes, LRU + per-entry TTL bookkeeping.
 
-Reads are the product's hot path, so they take no lock: :attr:`LocalTier.data` is a plain
-dict of ``key -> (value, deadline)`` that the cache reads with one ``dict.get`` and one clock
-comparison, and a hit is recorded by appending the key to :attr:`LocalTier.recent` (a
-bounded deque, safe to append to from any thread). Everything that changes the map (fills,
-invalidations, flushes) takes :attr:`LocalTier.lock`; a fill first replays the recorded hits
-into a :class:`cachetools.TLRUCache` that does the bookkeeping only (per-entry deadline, LRU
-order, size bound) and whose evictions also drop the dict entry. LRU order is therefore
-approximate: hits count once replayed, and at most ``RECENT_HITS`` of them are kept between
-fills (field-notes 15: same hit ratio as exact LRU on Zipf workloads).
+Reads are the product's hot path, so they take no lock: `LocalTier.data` is a plain dict of
+``key -> (value, deadline)`` that the cache reads with one ``dict.get`` and one clock
+comparison, and a hit is recorded by appending the key to `LocalTier.recent` (a bounded
+deque, safe to append to from any thread). Everything that changes the map (fills,
+invalidations, flushes) takes `LocalTier.lock`; a fill first replays the recorded hits into
+a `cachetools.LRUCache` that does the bookkeeping only (LRU order and the size bound) and
+whose evictions also drop the dict entry. LRU order is therefore approximate: hits count
+once replayed, and at most ``RECENT_HITS`` of them are kept between fills (field-notes 15:
+same hit ratio as exact LRU on Zipf workloads).
+
+Per-entry TTL: every read compares the entry's own deadline, so an expired entry is never
+served; its memory is reclaimed when LRU evicts it, when it is overwritten, or by a sweep
+that fills run at most every ``SWEEP_INTERVAL`` seconds. (A ``TLRUCache`` would expire
+eagerly, but its heap costs 3 us per fill against 0.7 us here, on the path of every miss.)
 
 Generations keep a slow load from writing back a value that an invalidation has made old
-(guarantee 3 within a process): a loader takes a :class:`Ticket` before it reads L2 or runs,
-every invalidation of the key (and every flush) moves the generation on, and
-:meth:`LocalTier.fill` refuses a ticket whose generation has moved.
+(guarantee 3 within a process): a loader takes a `Ticket` before it reads L2 or runs, every
+invalidation of the key (and every flush) moves the generation on, and `LocalTier.fill`
+refuses a ticket whose generation has moved (field-notes 16).
 """
 
 from __future__ import annotations
@@ -21,40 +26,32 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from cachetools import TLRUCache
+from cachetools import LRUCache
 
-__all__ = ["RECENT_HITS", "LocalTier", "Ticket"]
+__all__ = ["RECENT_HITS", "SWEEP_INTERVAL", "LocalTier", "Ticket"]
 
 #: How many hits are remembered between two fills for the LRU order.
 RECENT_HITS = 1024
+#: Seconds between two sweeps of expired entries (run by a fill, under the lock).
+SWEEP_INTERVAL = 5.0
 
 
-class _Bookkeeper(TLRUCache[str, float]):
-    """A TLRUCache whose values are the entries' deadlines; evictions and expiries also drop
-    the entry from the lock-free read map. Relies on TLRUCache calling the overridden
-    :meth:`expire` and :meth:`popitem` (pinned by tests/unit/test_l1.py)."""
+class _Bookkeeper(LRUCache[str, None]):
+    """LRU order and size bound of the keys in the read map; an eviction also drops the
+    entry from the read map. Relies on LRUCache calling the overridden `popitem` when it
+    is full (pinned by tests/unit/test_l1.py)."""
 
-    def __init__(self, maxsize: int, timer: Callable[[], float], data: dict[str, Any]) -> None:
-        super().__init__(maxsize, ttu=_deadline_is_value, timer=timer)
+    def __init__(self, maxsize: int, data: dict[str, Any]) -> None:
+        super().__init__(maxsize)
         self._read_map = data
 
-    def expire(self, time: float | None = None) -> list[tuple[str, float]]:
-        expired: list[tuple[str, float]] = list(super().expire(time))
-        for key, _ in expired:
-            self._read_map.pop(key, None)
-        return expired
-
-    def popitem(self) -> tuple[str, float]:
-        key, deadline = super().popitem()
+    def popitem(self) -> tuple[str, None]:
+        key, marker = super().popitem()
         self._read_map.pop(key, None)
-        return key, deadline
-
-
-def _deadline_is_value(_key: str, deadline: float, _now: float) -> float:
-    return deadline
+        return key, marker
 
 
 class Ticket:
@@ -83,6 +80,7 @@ class LocalTier:
         "_book",
         "_epoch",
         "_inflight",
+        "_next_sweep",
         "_tag_keys",
         "_tag_refs",
         "data",
@@ -97,9 +95,10 @@ class LocalTier:
         #: Keys hit since the last fill, replayed into the LRU order by the next fill.
         self.recent: deque[str] = deque(maxlen=RECENT_HITS)
         self.timer = timer
-        # Guards data (writes), _book, _epoch and _inflight. Never held across I/O or a loader.
+        # Guards data (writes), _book, _epoch, _inflight, _tag_keys and _next_sweep.
+        # Never held across I/O or a loader.
         self.lock = threading.Lock()
-        self._book = _Bookkeeper(maxsize, timer, self.data)
+        self._book = _Bookkeeper(maxsize, self.data)
         # Bumped by every flush: tickets taken before it can no longer fill.
         self._epoch = 0
         # key -> [outstanding tickets, generation]; only keys with a load in progress, so it
@@ -109,6 +108,7 @@ class LocalTier:
         # keys long gone; invalidating those is harmless.
         self._tag_keys: dict[str, set[str]] = {}
         self._tag_refs = 0
+        self._next_sweep = timer() + SWEEP_INTERVAL
 
     def __len__(self) -> int:
         return len(self.data)
@@ -129,19 +129,23 @@ class LocalTier:
     def ticket(self, key: str) -> Ticket:
         """Take a ticket before reading L2 or running a loader for ``key``."""
         with self.lock:
-            record = self._inflight.get(key)
-            if record is None:
-                record = self._inflight[key] = [0, 0]
-            record[0] += 1
-            return Ticket(key, self._epoch, record)
+            return self._ticket(key)
+
+    def tickets(self, keys: Sequence[str]) -> list[Ticket]:
+        """`ticket` for many keys under one lock."""
+        with self.lock:
+            return [self._ticket(key) for key in keys]
 
     def release(self, ticket: Ticket) -> None:
         """Give back a ticket (always, in a ``finally``), used or not."""
         with self.lock:
-            record = ticket.record
-            record[0] -= 1
-            if record[0] <= 0 and self._inflight.get(ticket.key) is record:
-                del self._inflight[ticket.key]
+            self._release(ticket)
+
+    def release_all(self, tickets: Iterable[Ticket]) -> None:
+        """`release` for many tickets under one lock."""
+        with self.lock:
+            for ticket in tickets:
+                self._release(ticket)
 
     def fill(
         self,
@@ -154,28 +158,27 @@ class LocalTier:
         """Store ``value`` for ``ttl`` seconds unless ``ticket`` was overtaken by an
         invalidation or flush; returns whether it was stored.
 
-        Without a ticket (a ``set`` by this process, the newest value by definition) the store
-        is unconditional and overtakes every load of the key still in flight.
+        Without a ticket (a ``set`` by this instance, the newest value by definition) the
+        store is unconditional and overtakes every load of the key still in flight.
         """
         with self.lock:
-            if ticket is None:
+            if ttl <= 0:
+                # Nothing to store, but the older value must not stay readable.
                 self._bump(key)
-            elif ticket.epoch != self._epoch or ticket.record[1] != ticket.generation:
-                return False
-            self._replay_hits()
-            deadline = self.timer() + ttl
-            self._book[key] = deadline
-            if key not in self._book:
-                # Already expired: TLRUCache dropped it; the old value must go too.
                 self.data.pop(key, None)
+                self._book.pop(key, None)
                 return False
-            self.data[key] = (value, deadline)
-            for tag in tags:
-                self._tag_keys.setdefault(tag, set()).add(key)
-                self._tag_refs += 1
-            if self._tag_refs > 2 * self._book.maxsize + 1024:
-                self._prune_tags()
-            return True
+            now = self.timer()
+            self._before_fills(now)
+            return self._fill(key, value, now + ttl, ticket, tags)
+
+    def fill_many(self, items: Iterable[tuple[str, Any, float, Ticket, Iterable[str]]]) -> None:
+        """`fill` for many ``(key, value, ttl, ticket, tags)`` under one lock."""
+        with self.lock:
+            now = self.timer()
+            self._before_fills(now)
+            for key, value, ttl, ticket, tags in items:
+                self._fill(key, value, now + ttl, ticket, tags)
 
     def invalidate(self, keys: Iterable[str]) -> None:
         """Drop ``keys`` and overtake their loads in flight."""
@@ -211,6 +214,56 @@ class LocalTier:
         self._inflight = {}
         self.flush()
 
+    # -- under the lock ------------------------------------------------------------------
+
+    def _ticket(self, key: str) -> Ticket:
+        record = self._inflight.get(key)
+        if record is None:
+            record = self._inflight[key] = [0, 0]
+        record[0] += 1
+        return Ticket(key, self._epoch, record)
+
+    def _release(self, ticket: Ticket) -> None:
+        record = ticket.record
+        record[0] -= 1
+        if record[0] <= 0 and self._inflight.get(ticket.key) is record:
+            del self._inflight[ticket.key]
+
+    def _fill(
+        self,
+        key: str,
+        value: Any,
+        deadline: float,
+        ticket: Ticket | None,
+        tags: Iterable[str],
+    ) -> bool:
+        if ticket is None:
+            self._bump(key)
+        elif ticket.epoch != self._epoch or ticket.record[1] != ticket.generation:
+            return False
+        self._book[key] = None  # may evict the least recently used entry
+        self.data[key] = (value, deadline)
+        for tag in tags:
+            self._tag_keys.setdefault(tag, set()).add(key)
+            self._tag_refs += 1
+        if self._tag_refs > 2 * self._book.maxsize + 1024:
+            self._prune_tags()
+        return True
+
+    def _before_fills(self, now: float) -> None:
+        # Replay the recorded hits, oldest first, so LRU order reflects reads; readers
+        # append concurrently, so take exactly the hits present now.
+        recent = self.recent
+        touch = self._book.get
+        for _ in range(len(recent)):
+            touch(recent.popleft())
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL
+            expired = [key for key, (_, deadline) in self.data.items() if deadline <= now]
+            for key in expired:
+                del self.data[key]
+                self._book.pop(key, None)
+
     def _bump(self, key: str) -> None:
         record = self._inflight.get(key)
         if record is not None:
@@ -225,10 +278,3 @@ class LocalTier:
             else:
                 del self._tag_keys[tag]
         self._tag_refs = sum(len(keys) for keys in self._tag_keys.values())
-
-    def _replay_hits(self) -> None:
-        # Readers append concurrently; take exactly the hits present now, oldest first.
-        recent = self.recent
-        touch = self._book.get
-        for _ in range(len(recent)):
-            touch(recent.popleft())

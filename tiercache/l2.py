@@ -67,8 +67,14 @@ class RedisTier:
 
     def get(self, key: str) -> bytes | None:
         """The raw bytes at ``key``, or None."""
-        with _translated("GET"):
+        # Inline rather than _translated(): this is every L2 read, and a generator-based
+        # context manager costs more than the rest of this method.
+        try:
             data: bytes | None = self.client.get(key)
+        except _CONFIG_ERRORS:
+            raise
+        except (RedisError, OSError) as exc:
+            raise L2Error(f"redis GET failed: {type(exc).__name__}: {exc}") from exc
         return data
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:

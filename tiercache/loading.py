@@ -115,18 +115,11 @@ class ReadPath:
         assert self._coherence is not None
         leases = self._coherence.leases
         rkey = self._prefix + key
-        stamp: Stamp | None = None
-        if self._l2_usable():
-            try:
-                # Versions are taken before reading and loading: an invalidation from now on
-                # makes what this load writes stale.
-                stamp = self._coherence.stamp(tags)
-            except L2Error as exc:
-                self._read_failed(exc)
         give_up = time.monotonic() + self._settings.lease_wait
         pause = _LEASE_POLL_FIRST
         waited = False
-        while stamp is not None:
+        stamp: Stamp | None = None
+        while self._l2_usable():
             found = self._read_l2(key)
             if isinstance(found, L2Hit):
                 self._fill_from_l2(key, found, ticket)
@@ -135,6 +128,10 @@ class ReadPath:
                 break
             if not isinstance(found, Lease):
                 try:
+                    if stamp is None:
+                        # Versions are taken before the load: an invalidation from now on
+                        # makes what this load writes stale.
+                        stamp = self._coherence.stamp(tags)
                     token = leases.acquire(rkey, found, int(self._settings.lease_ttl * 1000))
                 except L2Error as exc:
                     self._read_failed(exc)
@@ -244,17 +241,19 @@ class ReadPath:
         self._counters.l2_hits += 1
         return L2Hit(entry, learned_at)
 
-    def _fill_from_l2(self, key: str, hit: L2Hit, ticket: Ticket) -> None:
+    def _l1_ttl_for(self, hit: L2Hit) -> float:
         # L1 may keep the value neither past its logical expiry nor more than l1_ttl past
         # the moment the versions it was checked against were learned.
-        entry = hit.entry
-        l1_ttl = min(
+        return min(
             self._settings.l1_ttl,
-            entry.expires_at - self._wall(),
+            hit.entry.expires_at - self._wall(),
             hit.learned_at + self._settings.l1_ttl - self._clock(),
         )
+
+    def _fill_from_l2(self, key: str, hit: L2Hit, ticket: Ticket) -> None:
+        l1_ttl = self._l1_ttl_for(hit)
         if l1_ttl > 0:
-            self._l1.fill(key, entry.value, l1_ttl, ticket, (tag for tag, _ in entry.tags))
+            self._l1.fill(key, hit.entry.value, l1_ttl, ticket, [tag for tag, _ in hit.entry.tags])
 
     def _corrupt(self, key: str, exc: CorruptEntryError) -> None:
         self._counters.l2_corrupt += 1

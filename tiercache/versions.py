@@ -83,6 +83,14 @@ class Versions:
                     result[name] = version
         return result, oldest
 
+    def fresh(self, name: str) -> tuple[int, float] | None:
+        """``(version, learned at)`` if known and young enough to trust, else None.
+        Lock-free: a single dict read, for the read path."""
+        known = self._known.get(name)
+        if known is not None and self._clock() - known[1] < self._refresh_after:
+            return known
+        return None
+
     def observe(self, name: str, version: int) -> bool:
         """Learn ``version`` (from the bus or an entry); True if it is newer than known."""
         now = self._clock()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tiercache.l1 import RECENT_HITS, LocalTier, _Bookkeeper
+from tiercache.l1 import RECENT_HITS, SWEEP_INTERVAL, LocalTier, _Bookkeeper
 
 
 class FakeClock:
@@ -128,11 +128,11 @@ def test_size_never_exceeds_maxsize(clock: FakeClock) -> None:
 def test_lru_eviction_goes_through_overridden_popitem(
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Pins that TLRUCache evicts through our popitem(), which also drops the read map entry."""
+    """Pins that cachetools evicts through our popitem(), which also drops the read map entry."""
     calls: list[str] = []
     original = _Bookkeeper.popitem
 
-    def spy(self: _Bookkeeper) -> tuple[str, float]:
+    def spy(self: _Bookkeeper) -> tuple[str, None]:
         item = original(self)
         calls.append(item[0])
         return item
@@ -145,55 +145,34 @@ def test_lru_eviction_goes_through_overridden_popitem(
     assert "a" not in tier.data
 
 
-def test_expiry_goes_through_overridden_expire(
-    tier: LocalTier, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+def test_expired_entries_are_swept_by_a_fill_after_the_sweep_interval(
+    tier: LocalTier, clock: FakeClock
 ) -> None:
-    """Pins that TLRUCache purges through our expire(), which drops expired map entries."""
-    purged: list[str] = []
-    original = _Bookkeeper.expire
-
-    def spy(self: _Bookkeeper, time: float | None = None) -> list[tuple[str, float]]:
-        expired = original(self, time)
-        purged.extend(key for key, _ in expired)
-        return expired
-
-    monkeypatch.setattr(_Bookkeeper, "expire", spy)
+    """An expired entry is never served, and a fill after SWEEP_INTERVAL reclaims it."""
     tier.fill("old", 1, ttl=1)
     clock.advance(2)
-    assert "old" in tier.data  # expired but not yet purged: get() just refuses it
-    assert tier.get("old") is None
-    tier.fill("new", 2, ttl=10)
-    assert purged == ["old"]
-    assert "old" not in tier.data
+    assert tier.get("old") is None  # refused at once...
+    assert "old" in tier.data  # ...and reclaimed later, not on the read path
+    clock.advance(SWEEP_INTERVAL)
+    tier.fill("new", 2, ttl=100)
     assert set(tier.data) == {"new"}
 
 
-def test_expired_entries_do_not_count_against_maxsize(tier: LocalTier, clock: FakeClock) -> None:
-    """Expired entries are purged before a live one is evicted to make room."""
+def test_swept_entries_do_not_count_against_maxsize(tier: LocalTier, clock: FakeClock) -> None:
+    """Once swept, expired entries leave room: no live entry is evicted for them."""
     tier.fill("live1", 1, ttl=100)
     tier.fill("dead", 2, ttl=1)
     tier.fill("live2", 3, ttl=100)
-    clock.advance(2)
+    clock.advance(SWEEP_INTERVAL + 1)
     tier.fill("live3", 4, ttl=100)
     assert set(tier.data) == {"live1", "live2", "live3"}
 
 
-def test_fill_with_an_already_expired_deadline_does_not_leave_the_old_value(
-    clock: FakeClock,
-) -> None:
-    """A newer fill that is dead on arrival must not let the older value be served again
-    (regression: TLRUCache dropped the key from its bookkeeping but `data` kept the old
-    value, readable and untracked by the LRU/TTL bound)."""
-
-    class TickingClock(FakeClock):
-        def __call__(self) -> float:
-            self.now += 1.0  # every read of the clock moves time on
-            return self.now
-
-    ticking = TickingClock()
-    tier = LocalTier(maxsize=3, timer=ticking)
+def test_fill_with_no_time_to_live_drops_the_old_value(tier: LocalTier) -> None:
+    """A fill whose ttl has already run out stores nothing and must not leave the older
+    value readable."""
     tier.fill("k", "old", ttl=100)
-    assert not tier.fill("k", "new", ttl=0.5)  # deadline passes before bookkeeping sees it
+    assert not tier.fill("k", "new", ttl=0)
     assert tier.get("k") is None
     assert "k" not in tier.data
 
