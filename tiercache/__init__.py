@@ -22,7 +22,7 @@ from .errors import (
     SerializationError,
     TierCacheError,
 )
-from .memoize import Memoized, memoize_with
+from .memoizing import Memoized, memoize_with
 from .options import Duration
 
 __all__ = [
@@ -69,7 +69,7 @@ def memoize(
     Use bare (``@memoize``) or with options (``@memoize(ttl=60, tags=("prices",))``). The
     decorated function gains ``.invalidate(*args, **kw)`` (drops one call's entry in every
     instance) and ``.cache_key(*args, **kw)``. Arguments must be of types with a canonical
-    encoding (see :mod:`tiercache.keys`); others raise ``TypeError``.
+    encoding (see `tiercache.keys`); others raise ``TypeError``.
 
     Since: 0.1.0
     """

@@ -1,10 +1,10 @@
 """TierCache: the public API and the read/write flow across L1, L2 and the loader.
 
 Reads try L1 without a lock, then L2, then the loader (once per key per process through
-:class:`~tiercache.flight.SingleFlight`, once per key across processes through a lease);
+`SingleFlight`, once per key across processes through a lease);
 writes go to L2 first, then L1, then the bus. This module makes no Redis call of its own:
 ``l2.py`` does, and every failure there arrives here as an
-:class:`~tiercache.errors.L2Error` that reads turn into a miss.
+`L2Error` that reads turn into a miss.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ class TierCache(ReadPath):
         max_key_length: longest key accepted, in characters.
         compress_threshold: serialized values of at least this many bytes are zstd-compressed.
         max_value_bytes: largest serialized value accepted by ``set`` and read from Redis.
-        serializer: a :class:`~tiercache.Serializer`; msgpack with extension types by default.
-        raise_on_write_error: make writes raise :class:`~tiercache.errors.L2Error` when Redis
+        serializer: a `Serializer`; msgpack with extension types by default.
+        raise_on_write_error: make writes raise `L2Error` when Redis
             fails; by default failures are counted and logged.
         lease_ttl: lifetime of the cross-process lease a loader holds on a missing key.
         lease_wait: how long other processes wait for the lease holder's value.
@@ -148,7 +148,7 @@ class TierCache(ReadPath):
         The client gets short timeouts and no hidden retries (redis-py 8 retries a timed-out
         command up to 10 times by default, turning a stalled Redis into a stalled request);
         ``redis_options`` override any client option. The cache closes the client on
-        :meth:`close`. ``options`` are the constructor's keyword arguments.
+        `close`. ``options`` are the constructor's keyword arguments.
 
         Since: 0.1.0
         """
@@ -483,14 +483,14 @@ class TierCache(ReadPath):
 
         Since: 0.1.0
         """
-        from .memoize import memoize_with
+        from .memoizing import memoize_with
 
         if callable(ttl) and not isinstance(ttl, (int, float)):
             return memoize_with(lambda: self)(ttl)
         return memoize_with(lambda: self, ttl=ttl, tags=tags, ignore=ignore)
 
     def close(self) -> None:
-        """Stop the listener, drop L1 and close the Redis client if :meth:`from_url`
+        """Stop the listener, drop L1 and close the Redis client if `from_url`
         created it. Idempotent.
 
         Since: 0.1.0

@@ -1,4 +1,4 @@
-"""Value serialization: the :class:`Serializer` protocol, the default msgpack serializer with
+"""Value serialization: the `Serializer` protocol, the default msgpack serializer with
 extension types, and zstd compression with a hard cap on decompressed size.
 
 The default serializer never runs code from the bytes it reads (no pickle): an unknown
@@ -32,8 +32,8 @@ __all__ = [
 class Serializer(Protocol):
     """Turns values into bytes and back. Implement it to store types msgpack cannot.
 
-    ``dumps`` raises :class:`TypeError` (or :class:`~tiercache.SerializationError`) for a
-    value it cannot encode; ``loads`` raises any :class:`Exception` for bytes it cannot
+    ``dumps`` raises `TypeError` (or `SerializationError`) for a
+    value it cannot encode; ``loads`` raises any `Exception` for bytes it cannot
     decode, and the cache treats that as a miss.
 
     Since: 0.1.0
@@ -44,7 +44,7 @@ class Serializer(Protocol):
         ...
 
     def loads(self, data: bytes) -> Any:
-        """Decode bytes produced by :meth:`dumps`."""
+        """Decode bytes produced by `dumps`."""
         ...
 
 
@@ -90,7 +90,7 @@ class MsgpackSerializer:
     date, time, timedelta, Decimal, UUID, set, frozenset and tuple; ``bytes`` is native.
 
     Subclasses of ``str``/``int``/``float``/``list``/``dict`` are stored as their base type.
-    Thread-safe: each thread gets its own :class:`msgpack.Packer`.
+    Thread-safe: each thread gets its own `msgpack.Packer`.
 
     Since: 0.1.0
     """
@@ -108,7 +108,7 @@ class MsgpackSerializer:
         return packer
 
     def dumps(self, value: Any) -> bytes:
-        """Encode ``value``; :class:`~tiercache.SerializationError` names an unsupported type."""
+        """Encode ``value``; `SerializationError` names an unsupported type."""
         try:
             data: bytes = self._packer().pack(value)
         except SerializationError:
@@ -120,7 +120,7 @@ class MsgpackSerializer:
         return data
 
     def loads(self, data: bytes) -> Any:
-        """Decode bytes from :meth:`dumps`; any error means the bytes are not ours."""
+        """Decode bytes from `dumps`; any error means the bytes are not ours."""
         return msgpack.unpackb(
             data, raw=False, strict_map_key=False, ext_hook=self._ext_hook, use_list=True
         )
@@ -230,7 +230,7 @@ class ZstdCompressor:
         return compressed
 
     def decompress(self, data: bytes, max_size: int) -> bytes:
-        """Decompress one frame; :class:`CorruptEntryError` if it is bad or over ``max_size``."""
+        """Decompress one frame; `CorruptEntryError` if it is bad or over ``max_size``."""
         decompressor: zstandard.ZstdDecompressor | None = getattr(self._local, "d", None)
         if decompressor is None:
             decompressor = zstandard.ZstdDecompressor()

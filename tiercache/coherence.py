@@ -1,11 +1,11 @@
 """Keeping many L1s honest: the version checks, the bus receiver and the leases of one cache.
 
-``TierCache`` owns one :class:`Coherence` when it has an L2. It answers three questions:
+``TierCache`` owns one `Coherence` when it has an L2. It answers three questions:
 
-* may this L2 entry be served? (:meth:`Coherence.validate`: not if its namespace or tag
+* may this L2 entry be served? (`Coherence.validate`: not if its namespace or tag
   versions are older than the current ones; a *newer* version means we missed a message, so
   the local view is corrected and the affected L1 entries dropped);
-* which versions does a value about to be written carry? (:meth:`Coherence.stamp`, taken
+* which versions does a value about to be written carry? (`Coherence.stamp`, taken
   before the load starts, so a ``clear``/``invalidate_tags`` during the load makes the
   written entry stale at once);
 * what happens to L1 when the bus delivers or loses messages? (the ``Receiver`` methods).

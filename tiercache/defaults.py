@@ -1,4 +1,4 @@
-"""The default cache used by ``@tiercache.memoize``: from :func:`configure`, else from the
+"""The default cache used by ``@tiercache.memoize``: from `configure`, else from the
 ``TIERCACHE_URL`` environment variable, else an L1-only cache. Built lazily, once."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ _default: TierCache | None = None
 
 
 def configure(url: str | None = None, *, client: Any = None, **options: Any) -> TierCache:
-    """Set the default cache: from ``url`` (see :meth:`TierCache.from_url`), from a redis-py
+    """Set the default cache: from ``url`` (see `TierCache.from_url`), from a redis-py
     ``client``, or L1-only when both are None. Replaces (and closes) a previous default.
 
     Since: 0.1.0

@@ -26,7 +26,7 @@ import redis
 
 from ._version import __version__
 from .cache import TierCache
-from .memoize import Memoized
+from .memoizing import Memoized
 
 __all__ = ["EXIT_NO_FAKEREDIS", "EXIT_NO_REDIS", "EXIT_OK", "NAMESPACE", "run"]
 

@@ -17,7 +17,7 @@ of each tag when the value was computed; ``invalidate_tags`` bumps tag versions.
 A lease placeholder (flag bit 3) has no payload, only a 16-byte token after the header: it
 marks "a process is loading this key" (see ``lease.py``).
 
-An :class:`EntryCodec` owns the serializer, the compressor and the size limits of one cache.
+An `EntryCodec` owns the serializer, the compressor and the size limits of one cache.
 """
 
 from __future__ import annotations
@@ -133,8 +133,8 @@ class EntryCodec:
         """Serialize (and maybe compress) ``value``: the part of an entry that does not
         depend on when or under which versions it is written.
 
-        Raises :class:`~tiercache.SerializationError` (a ``TypeError``) naming an
-        unsupported type, and :class:`ValueError` when the serialized value is larger than
+        Raises `SerializationError` (a ``TypeError``) naming an
+        unsupported type, and `ValueError` when the serialized value is larger than
         ``max_value_bytes``.
         """
         try:
@@ -188,12 +188,12 @@ class EntryCodec:
         ns_version: int = 0,
         tags: Sequence[tuple[str, int]] = (),
     ) -> bytes:
-        """:meth:`prepare` then :meth:`frame`."""
+        """`prepare` then `frame`."""
         return self.frame(self.prepare(value), expires_at, ns_version, tags)
 
     def decode(self, data: bytes) -> Entry | Lease:
-        """Decode bytes read from Redis into an :class:`Entry` or a :class:`Lease`;
-        :class:`~tiercache.errors.CorruptEntryError` if they are not valid (any reason:
+        """Decode bytes read from Redis into an `Entry` or a `Lease`;
+        `CorruptEntryError` if they are not valid (any reason:
         foreign, truncated, a decompression bomb, written with another serializer, ...)."""
         if len(data) < HEADER_SIZE:
             raise CorruptEntryError(f"{len(data)} bytes is shorter than the entry header")

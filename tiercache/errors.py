@@ -9,7 +9,7 @@ The tree::
         └── CorruptEntryError                   caught in ``cache.py``: counted, logged,
                                                 turned into a miss (never reaches a reader)
 
-Bad arguments are plain :class:`TypeError` / :class:`ValueError` naming the argument, and
+Bad arguments are plain `TypeError` / `ValueError` naming the argument, and
 exceptions raised by a loader propagate unchanged.
 """
 
@@ -41,7 +41,7 @@ class NotConfiguredError(TierCacheError, RuntimeError):
 class SerializationError(TierCacheError, TypeError):
     """A value cannot be encoded by the cache's serializer; raised by ``set`` and friends.
 
-    It is a :class:`TypeError` too, since the caller handed over a value of a type the
+    It is a `TypeError` too, since the caller handed over a value of a type the
     serializer does not support; the message names that type.
 
     Since: 0.1.0

@@ -1,7 +1,7 @@
 """The invalidation bus: publish what changed, listen for what others changed.
 
 One channel per namespace (``messages.channel_name``), one subscriber connection and one
-daemon listener thread per :class:`~tiercache.TierCache` with an L2 (instances, not processes,
+daemon listener thread per `TierCache` with an L2 (instances, not processes,
 are the unit of coherence), started lazily on first use and again after a fork.
 
 Pub/sub is at-most-once, so loss is detected, not hoped away:
@@ -19,7 +19,7 @@ Pub/sub is at-most-once, so loss is detected, not hoped away:
 
 The listener waits for data with ``select.poll`` *outside* the receive lock, then drains
 under it; busy request threads drain pending messages themselves about once a millisecond
-(:meth:`Bus.drain`) because a listener thread competing for the GIL applies them late
+(`Bus.drain`) because a listener thread competing for the GIL applies them late
 (field-notes 18).
 """
 
@@ -147,7 +147,7 @@ class Bus:
     # -- publishing ----------------------------------------------------------------------
 
     def publish(self, op: int, data: Any) -> None:
-        """Publish one message; raises :class:`~tiercache.errors.L2Error` on failure. A
+        """Publish one message; raises `L2Error` on failure. A
         lost number shows up as a gap at every receiver once a later message arrives."""
         with self._publish_lock:
             self._seq += 1

@@ -96,7 +96,7 @@ def _frame(tag: int, payload: bytes) -> bytes:
 
 
 def encode_argument(value: object, path: str = "argument") -> bytes:
-    """Encode ``value`` canonically; raise :class:`TypeError` naming ``path`` if unsupported.
+    """Encode ``value`` canonically; raise `TypeError` naming ``path`` if unsupported.
 
     Supported: None, bool, int, float, str, bytes, tuple, list, dict, set, frozenset, Decimal,
     datetime/date/time/timedelta, UUID, Enum members, classes (by qualified name), and any
@@ -196,7 +196,7 @@ class ArgumentKeyer:
         return self._prefix
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """The key for one call; :class:`TypeError` if the arguments do not fit or encode."""
+        """The key for one call; `TypeError` if the arguments do not fit or encode."""
         bound = self._signature.bind(*args, **kwargs)
         bound.apply_defaults()
         digest = hashlib.blake2b(digest_size=16)

@@ -1,4 +1,4 @@
-"""L2: the Redis tier. Bytes in, bytes out; every Redis failure becomes :class:`L2Error`.
+"""L2: the Redis tier. Bytes in, bytes out; every Redis failure becomes `L2Error`.
 
 Works with any redis-py client: ``Redis`` (standalone or a Sentinel master) and
 ``RedisCluster`` (multi-key reads use ``mget_nonatomic`` there, since keys span slots).
@@ -19,7 +19,7 @@ from .errors import L2Error
 
 __all__ = ["CLEAR_BATCH", "RedisTier"]
 
-#: Keys unlinked per round trip by :meth:`RedisTier.clear`.
+#: Keys unlinked per round trip by `RedisTier.clear`.
 CLEAR_BATCH = 500
 
 # Raised by redis-py for a wrong password or a missing ACL permission; these are
@@ -150,7 +150,7 @@ class RedisTier:
         return self.client.register_script(source)
 
     def run(self, script: Any, operation: str, key: str, *args: bytes | str | int) -> Any:
-        """Run a one-key script from :meth:`script`."""
+        """Run a one-key script from `script`."""
         with _translated(operation):
             return script(keys=[key], args=list(args))
 

@@ -1,6 +1,6 @@
 """The miss path: L2 read and checks, the cross-process lease, the loader, the write-back.
 
-A mixin of :class:`~tiercache.TierCache`, kept apart so that ``cache.py`` holds the public
+A mixin of `TierCache`, kept apart so that ``cache.py`` holds the public
 API and this module the one flow that decides where a missing value comes from:
 
 1. a ticket from L1 (an invalidation from now on refuses our fill),
@@ -50,7 +50,7 @@ class L2Hit:
 
 
 class ReadPath:
-    """The miss path of :class:`~tiercache.TierCache` (a mixin; see the module docstring)."""
+    """The miss path of `TierCache` (a mixin; see the module docstring)."""
 
     _settings: Settings
     _codec: EntryCodec
@@ -203,7 +203,7 @@ class ReadPath:
     # -- reading L2 ----------------------------------------------------------------------
 
     def _read_l2(self, key: str) -> L2Hit | Lease | bytes | L2Error | None:
-        """A :class:`L2Hit` for a servable entry; a Lease; the bytes of an
+        """A `L2Hit` for a servable entry; a Lease; the bytes of an
         unusable entry (expired, stale, corrupt); None for nothing; the L2Error on failure."""
         assert self._l2 is not None
         try:

@@ -77,7 +77,7 @@ def encode_message(origin: bytes, seq: int, op: int, data: Any) -> bytes:
 
 
 def decode_message(raw: object) -> Message:
-    """Decode and validate one message; :class:`MessageError` for anything else.
+    """Decode and validate one message; `MessageError` for anything else.
 
     Since: 0.1.0
     """

@@ -1,8 +1,8 @@
-"""Validated, frozen settings shared by every part of a :class:`~tiercache.TierCache`.
+"""Validated, frozen settings shared by every part of a `TierCache`.
 
-Every option is checked once, before any I/O, and a bad one raises :class:`TypeError` or
-:class:`ValueError` naming the argument. Durations accept seconds (``int``/``float``) or a
-:class:`datetime.timedelta`.
+Every option is checked once, before any I/O, and a bad one raises `TypeError` or
+`ValueError` naming the argument. Durations accept seconds (``int``/``float``) or a
+`datetime.timedelta`.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The validated options of one cache. Build it with :meth:`Settings.build`.
+    """The validated options of one cache. Build it with `Settings.build`.
 
     Since: 0.1.0
     """
@@ -140,7 +140,7 @@ class Settings:
         lease_wait: object = DEFAULT_LEASE_WAIT,
         timer: object = None,
     ) -> Settings:
-        """Validate every option; raise :class:`TypeError`/:class:`ValueError` naming it."""
+        """Validate every option; raise `TypeError`/`ValueError` naming it."""
         if not isinstance(namespace, str):
             raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
         if not _NAMESPACE_RE.fullmatch(namespace):

@@ -41,7 +41,7 @@ COUNTERS = (
 
 
 class Counters:
-    """Monotonic counters, one attribute each (see :data:`COUNTERS`).
+    """Monotonic counters, one attribute each (see `COUNTERS`).
 
     Since: 0.1.0
     """

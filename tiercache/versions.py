@@ -20,7 +20,7 @@ from .l2 import RedisTier
 
 __all__ = ["NAMESPACE", "Versions"]
 
-#: The name under which the namespace version is kept in a :class:`Versions` view.
+#: The name under which the namespace version is kept in a `Versions` view.
 NAMESPACE = ""
 
 
@@ -56,7 +56,7 @@ class Versions:
     def current(self, names: Iterable[str]) -> tuple[dict[str, int], float]:
         """The version of each name and the oldest time any of them was learned; fetches
         (one ``MGET``) those unknown or older than the refresh interval.
-        Raises :class:`~tiercache.errors.L2Error` when Redis cannot be asked."""
+        Raises `L2Error` when Redis cannot be asked."""
         now = self._clock()
         wanted = dict.fromkeys(names)
         result: dict[str, int] = {}

@@ -26,8 +26,8 @@ R = TypeVar("R")
 
 
 class Memoized(Generic[P, R]):
-    """A memoized function: call it like the original; also :meth:`invalidate` and
-    :meth:`cache_key` for one call's entry.
+    """A memoized function: call it like the original; also `invalidate` and
+    `cache_key` for one call's entry.
 
     Since: 0.1.0
     """
