@@ -18,16 +18,19 @@ from .defaults import configure, get_default, reset_default
 from .errors import (
     CorruptEntryError,
     L2Error,
+    LoaderTimeoutError,
     NotConfiguredError,
     SerializationError,
     TierCacheError,
 )
 from .memoizing import Memoized, memoize_with
-from .options import Duration
+from .options import Breaker, Duration
 
 __all__ = [
+    "Breaker",
     "CorruptEntryError",
     "L2Error",
+    "LoaderTimeoutError",
     "Memoized",
     "MsgpackSerializer",
     "NotConfiguredError",

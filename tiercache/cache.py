@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
@@ -19,17 +20,20 @@ from typing import Any, TypeVar
 from cachetools import LRUCache
 
 from . import forking
+from .background import Background
 from .codec import Serializer
 from .coherence import Coherence
 from .entry import EntryCodec
-from .errors import L2Error
+from .errors import CircuitOpenError, L2Error
 from .flight import SingleFlight
 from .keys import check_key, check_keys, check_tags
 from .l1 import LocalTier
 from .l2 import RedisTier
-from .loading import L2Hit, ReadPath
-from .options import TTL_JITTER, Duration, Settings, check_optional_ttl
+from .loading import ReadPath
+from .options import TTL_JITTER, Breaker, Duration, Settings, check_optional_ttl
 from .pending import PendingWrites
+from .reading import L2Hit
+from .resilience import CircuitBreaker
 from .stats import Counters, RateLimitedLog
 from .versions import NAMESPACE
 
@@ -61,6 +65,21 @@ class TierCache(ReadPath):
             fails; by default failures are counted and logged.
         lease_ttl: lifetime of the cross-process lease a loader holds on a missing key.
         lease_wait: how long other processes wait for the lease holder's value.
+        breaker: circuit breaker settings (`Breaker`), or None to always ask Redis.
+        stale_ttl: how long past its ``ttl`` an entry is kept (L1 and L2) to be served,
+            marked stale, when the loader fails or is too slow (fail-safe). 0 turns it off.
+        fail_safe_throttle: after a stale value was served, the loader is not called again
+            for that key for this long (the stale value is served meanwhile).
+        soft_timeout: when a stale value exists and the loader takes longer than this, serve
+            the stale value and let the load finish in the background.
+        hard_timeout: stop waiting for the loader after this long: serve a stale value if
+            there is one, else raise `LoaderTimeoutError`; the load still completes and
+            fills the cache in the background.
+        refresh_ahead: a fraction of ``ttl`` (e.g. 0.8): a value read after that part of its
+            life is returned and reloaded in the background, so hot keys never expire under
+            their callers.
+        none_ttl: a shorter ``ttl`` for loaded ``None`` values ("not found").
+        background_workers: threads for background loads (timeouts, refresh-ahead).
         timer: a clock in seconds for tests; replaces both the monotonic clock of L1 and the
             wall clock of logical expiry.
 
@@ -82,6 +101,14 @@ class TierCache(ReadPath):
         raise_on_write_error: bool = False,
         lease_ttl: Duration = 5.0,
         lease_wait: Duration = 5.0,
+        breaker: Breaker | None = Breaker(),  # noqa: B008 - frozen value object
+        stale_ttl: Duration = 0,
+        fail_safe_throttle: Duration = 10.0,
+        soft_timeout: Duration | None = None,
+        hard_timeout: Duration | None = None,
+        refresh_ahead: float | None = None,
+        none_ttl: Duration | None = None,
+        background_workers: int = 4,
         timer: Callable[[], float] | None = None,
     ) -> None:
         settings = Settings.build(
@@ -95,6 +122,14 @@ class TierCache(ReadPath):
             raise_on_write_error=raise_on_write_error,
             lease_ttl=lease_ttl,
             lease_wait=lease_wait,
+            breaker=breaker,
+            stale_ttl=stale_ttl,
+            fail_safe_throttle=fail_safe_throttle,
+            soft_timeout=soft_timeout,
+            hard_timeout=hard_timeout,
+            refresh_ahead=refresh_ahead,
+            none_ttl=none_ttl,
+            background_workers=background_workers,
             timer=timer,
         )
         self._settings = settings
@@ -103,8 +138,14 @@ class TierCache(ReadPath):
             compress_threshold=settings.compress_threshold,
             max_value_bytes=settings.max_value_bytes,
         )
-        self._l2 = RedisTier(client) if client is not None else None
         self._l1 = LocalTier(settings.l1_maxsize, timer or time.monotonic)
+        self._l2 = None
+        self._breaker: CircuitBreaker | None = None
+        if client is not None:
+            # Without a breaker (breaker=None), an unreachable Redis costs every call a timeout.
+            limits = settings.breaker or Breaker(failures=2**31, reset_after=1.0)
+            self._breaker = CircuitBreaker(limits.failures, limits.reset_after, self._l1.timer)
+            self._l2 = RedisTier(client, self._breaker)
         self._wall: Callable[[], float] = timer or time.time
         self._prefix = settings.namespace + ":"
         self._counters = Counters()
@@ -112,6 +153,10 @@ class TierCache(ReadPath):
         self._corrupt_logged: LRUCache[str, bool] = LRUCache(maxsize=1024)
         self._flight = SingleFlight()
         self._pending = PendingWrites()
+        self._background = Background(settings.background_workers, "tiercache-load")
+        # Guards _refreshing: keys with a refresh-ahead in flight in this instance.
+        self._refreshing_lock = threading.Lock()
+        self._refreshing: set[str] = set()
         self._owns_client = False
         self._closed = False
         self._pid = os.getpid()
@@ -265,7 +310,9 @@ class TierCache(ReadPath):
                     l1_ttl = self._l1_ttl_for(checked)
                     if l1_ttl > 0:
                         tags = [tag for tag, _ in checked.entry.tags]
-                        fills.append((key, checked.entry.value, l1_ttl, ticket, tags))
+                        stale_for = checked.entry.expires_at + self._settings.stale_ttl
+                        stale_for -= self._wall()
+                        fills.append((key, checked.entry.value, l1_ttl, ticket, tags, stale_for))
             if fills:
                 self._l1.fill_many(fills)
         finally:
@@ -467,6 +514,10 @@ class TierCache(ReadPath):
         snapshot["l1_hits"] += self._l1_hits
         snapshot["l1_size"] = len(self._l1)
         snapshot["l1_maxsize"] = self._l1.maxsize
+        if self._breaker is not None:
+            snapshot["breaker_state"] = self._breaker.state
+            snapshot["breaker_opens"] = self._breaker.opens
+            snapshot["l2_skipped"] = self._breaker.skipped
         if self._coherence is not None:
             snapshot.update(self._coherence.bus.health())
         return snapshot
@@ -500,6 +551,7 @@ class TierCache(ReadPath):
         self._closed = True
         if self._coherence is not None:
             self._coherence.close()
+        self._background.close()
         self._l1.flush()
         if self._l2 is not None and self._owns_client:
             self._l2.close()
@@ -544,6 +596,11 @@ class TierCache(ReadPath):
         self._pid = os.getpid()
         self._l1.reset_after_fork()
         self._flight.reset_after_fork()
+        self._background.reset_after_fork()
+        self._refreshing_lock = threading.Lock()
+        self._refreshing = set()
+        if self._breaker is not None:
+            self._breaker.reset()
         if self._coherence is not None:
             self._coherence.after_fork()
 
@@ -554,6 +611,8 @@ class TierCache(ReadPath):
         return ttl_s * (1.0 - random.random() * TTL_JITTER)
 
     def _read_failed(self, exc: L2Error) -> None:
+        if isinstance(exc, CircuitOpenError):
+            return  # counted as l2_skipped by the breaker, which logs its own transitions
         self._counters.l2_errors += 1
         self._l2_log.warning("read", "tiercache: L2 read failed, degrading to L1: %s", exc)
 
@@ -561,6 +620,8 @@ class TierCache(ReadPath):
         self._counters.l2_write_errors += 1
         if self._settings.raise_on_write_error:
             raise exc
+        if isinstance(exc, CircuitOpenError):
+            return
         self._l2_log.warning("write", "tiercache: L2 write failed: %s", exc)
 
     def _check_open(self) -> None:

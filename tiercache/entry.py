@@ -14,8 +14,10 @@ Header, network byte order (``struct`` format ``!BBQI``, 14 bytes)::
 Tag block (flag bit 2): ``u32`` length, then msgpack ``[[tag, version], ...]``: the version
 of each tag when the value was computed; ``invalidate_tags`` bumps tag versions.
 
-A lease placeholder (flag bit 3) has no payload, only a 16-byte token after the header: it
-marks "a process is loading this key" (see ``lease.py``).
+A lease placeholder (flag bit 3) marks "a process is loading this key" (see ``lease.py``):
+after the header come a 16-byte token and, when the key held an expired entry still inside
+its fail-safe window, that entry's bytes, so processes waiting for the load can still
+serve it as stale.
 
 An `EntryCodec` owns the serializer, the compressor and the size limits of one cache.
 """
@@ -91,16 +93,18 @@ class Lease(NamedTuple):
     """
 
     token: bytes
+    #: The expired entry the key held when the lease was taken (fail-safe), or ``b""``.
+    stale: bytes = b""
 
 
-def lease_placeholder(token: bytes) -> bytes:
+def lease_placeholder(token: bytes, stale: bytes = b"") -> bytes:
     """The bytes stored at a key while a process holds its lease.
 
     Since: 0.1.0
     """
     if len(token) != LEASE_TOKEN_SIZE:
         raise ValueError(f"lease token must be {LEASE_TOKEN_SIZE} bytes")
-    return _HEADER.pack(FORMAT_VERSION, _FLAG_LEASE, 0, 0) + token
+    return _HEADER.pack(FORMAT_VERSION, _FLAG_LEASE, 0, 0) + token + stale
 
 
 class EntryCodec:
@@ -203,10 +207,10 @@ class EntryCodec:
         if flags & ~_KNOWN_FLAGS:
             raise CorruptEntryError(f"unknown entry flags 0x{flags:02x}")
         if flags & _FLAG_LEASE:
-            token = data[HEADER_SIZE:]
+            token = data[HEADER_SIZE : HEADER_SIZE + LEASE_TOKEN_SIZE]
             if flags != _FLAG_LEASE or len(token) != LEASE_TOKEN_SIZE:
                 raise CorruptEntryError("malformed lease placeholder")
-            return Lease(token)
+            return Lease(token, data[HEADER_SIZE + LEASE_TOKEN_SIZE :])
         if (flags & _FLAG_CUSTOM) != self._flags:
             raise CorruptEntryError("entry was written with a different serializer")
         offset = HEADER_SIZE

@@ -5,9 +5,12 @@ The tree::
     TierCacheError(Exception)                   base for tiercache's own failures
     ├── NotConfiguredError(..., RuntimeError)   the default cache could not be built
     ├── SerializationError(..., TypeError)      a value cannot be encoded at ``set`` time
+    ├── LoaderTimeoutError(..., TimeoutError)   the loader overran ``hard_timeout`` and
+    │                                           there was no stale value to serve
     └── L2Error                                 Redis trouble; raised in ``l2.py`` and
-        └── CorruptEntryError                   caught in ``cache.py``: counted, logged,
-                                                turned into a miss (never reaches a reader)
+        ├── CorruptEntryError                   caught in ``cache.py``: counted, logged,
+        │                                       turned into a miss (never reaches a reader)
+        └── CircuitOpenError                    Redis skipped: the circuit breaker is open
 
 Bad arguments are plain `TypeError` / `ValueError` naming the argument, and
 exceptions raised by a loader propagate unchanged.
@@ -16,8 +19,10 @@ exceptions raised by a loader propagate unchanged.
 from __future__ import annotations
 
 __all__ = [
+    "CircuitOpenError",
     "CorruptEntryError",
     "L2Error",
+    "LoaderTimeoutError",
     "NotConfiguredError",
     "SerializationError",
     "TierCacheError",
@@ -48,6 +53,14 @@ class SerializationError(TierCacheError, TypeError):
     """
 
 
+class LoaderTimeoutError(TierCacheError, TimeoutError):
+    """``get_or_set`` stopped waiting for the loader after ``hard_timeout`` and had no stale
+    value to serve. The load goes on in the background and fills the cache when it ends.
+
+    Since: 0.1.0
+    """
+
+
 class L2Error(TierCacheError):
     """The Redis tier failed (connection, timeout, server error).
 
@@ -62,6 +75,16 @@ class CorruptEntryError(L2Error):
     """Bytes found in Redis cannot be decoded as a tiercache entry.
 
     Internal: counted in ``stats()["l2_corrupt"]``, logged once per key, served as a miss.
+
+    Since: 0.1.0
+    """
+
+
+class CircuitOpenError(L2Error):
+    """Redis was not asked: the circuit breaker is open after repeated failures.
+
+    Internal, like `L2Error`: reads treat it as a miss; writes count it (and raise it only
+    with ``raise_on_write_error=True``).
 
     Since: 0.1.0
     """

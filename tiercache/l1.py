@@ -1,7 +1,7 @@
 """L1: the in-process tier. Lock-free reads, locked writes, LRU + per-entry TTL bookkeeping.
 
 Reads are the product's hot path, so they take no lock: `LocalTier.data` is a plain dict of
-``key -> (value, deadline)`` that the cache reads with one ``dict.get`` and one clock
+``key -> (value, deadline, stale_until)`` that the cache reads with one ``dict.get`` and one clock
 comparison, and a hit is recorded by appending the key to `LocalTier.recent` (a bounded
 deque, safe to append to from any thread). Everything that changes the map (fills,
 invalidations, flushes) takes `LocalTier.lock`; a fill first replays the recorded hits into
@@ -11,8 +11,10 @@ once replayed, and at most ``RECENT_HITS`` of them are kept between fills (field
 same hit ratio as exact LRU on Zipf workloads).
 
 Per-entry TTL: every read compares the entry's own deadline, so an expired entry is never
-served; its memory is reclaimed when LRU evicts it, when it is overwritten, or by a sweep
-that fills run at most every ``SWEEP_INTERVAL`` seconds. (A ``TLRUCache`` would expire
+served as fresh; until ``stale_until`` (its fail-safe window) it may still be served as
+stale when the loader fails (`LocalTier.stale`). Its memory is reclaimed when LRU evicts
+it, when it is overwritten, or by a sweep that fills run at most every ``SWEEP_INTERVAL``
+seconds. (A ``TLRUCache`` would expire
 eagerly, but its heap costs 3 us per fill against 0.7 us here, on the path of every miss.)
 
 Generations keep a slow load from writing back a value that an invalidation has made old
@@ -90,8 +92,8 @@ class LocalTier:
     )
 
     def __init__(self, maxsize: int, timer: Callable[[], float] = time.monotonic) -> None:
-        #: key -> (value, deadline on ``timer``); read without the lock.
-        self.data: dict[str, tuple[Any, float]] = {}
+        #: key -> (value, deadline, stale_until), times on ``timer``; read without the lock.
+        self.data: dict[str, tuple[Any, float, float]] = {}
         #: Keys hit since the last fill, replayed into the LRU order by the next fill.
         self.recent: deque[str] = deque(maxlen=RECENT_HITS)
         self.timer = timer
@@ -118,11 +120,18 @@ class LocalTier:
         """The bound on the number of entries."""
         return int(self._book.maxsize)
 
-    def get(self, key: str) -> tuple[Any, float] | None:
-        """The live ``(value, deadline)`` for ``key``, or None. Lock-free; records the hit."""
+    def get(self, key: str) -> tuple[Any, float, float] | None:
+        """The live entry for ``key``, or None. Lock-free; records the hit."""
         entry = self.data.get(key)
         if entry is not None and self.timer() < entry[1]:
             self.recent.append(key)
+            return entry
+        return None
+
+    def stale(self, key: str) -> tuple[Any, float, float] | None:
+        """The entry for ``key`` if it is still inside its fail-safe window, fresh or not."""
+        entry = self.data.get(key)
+        if entry is not None and self.timer() < entry[2]:
             return entry
         return None
 
@@ -147,6 +156,11 @@ class LocalTier:
             for ticket in tickets:
                 self._release(ticket)
 
+    def still_valid(self, ticket: Ticket) -> bool:
+        """Whether no invalidation or flush has overtaken ``ticket`` yet."""
+        with self.lock:
+            return ticket.epoch == self._epoch and ticket.record[1] == ticket.generation
+
     def fill(
         self,
         key: str,
@@ -154,9 +168,11 @@ class LocalTier:
         ttl: float,
         ticket: Ticket | None = None,
         tags: Iterable[str] = (),
+        stale_for: float = 0.0,
     ) -> bool:
-        """Store ``value`` for ``ttl`` seconds unless ``ticket`` was overtaken by an
-        invalidation or flush; returns whether it was stored.
+        """Store ``value`` for ``ttl`` seconds (and keep it as a fail-safe copy for
+        ``stale_for`` seconds, if longer) unless ``ticket`` was overtaken by an invalidation
+        or flush; returns whether it was stored.
 
         Without a ticket (a ``set`` by this instance, the newest value by definition) the
         store is unconditional and overtakes every load of the key still in flight.
@@ -170,15 +186,19 @@ class LocalTier:
                 return False
             now = self.timer()
             self._before_fills(now)
-            return self._fill(key, value, now + ttl, ticket, tags)
+            return self._fill(key, value, now + ttl, now + max(ttl, stale_for), ticket, tags)
 
-    def fill_many(self, items: Iterable[tuple[str, Any, float, Ticket, Iterable[str]]]) -> None:
-        """`fill` for many ``(key, value, ttl, ticket, tags)`` under one lock."""
+    def fill_many(
+        self, items: Iterable[tuple[str, Any, float, Ticket, Iterable[str], float]]
+    ) -> None:
+        """`fill` for many ``(key, value, ttl, ticket, tags, stale_for)`` under one lock."""
         with self.lock:
             now = self.timer()
             self._before_fills(now)
-            for key, value, ttl, ticket, tags in items:
-                self._fill(key, value, now + ttl, ticket, tags)
+            for key, value, ttl, ticket, tags, stale_for in items:
+                if ttl > 0:
+                    deadline = now + ttl
+                    self._fill(key, value, deadline, now + max(ttl, stale_for), ticket, tags)
 
     def invalidate(self, keys: Iterable[str]) -> None:
         """Drop ``keys`` and overtake their loads in flight."""
@@ -234,6 +254,7 @@ class LocalTier:
         key: str,
         value: Any,
         deadline: float,
+        stale_until: float,
         ticket: Ticket | None,
         tags: Iterable[str],
     ) -> bool:
@@ -242,7 +263,7 @@ class LocalTier:
         elif ticket.epoch != self._epoch or ticket.record[1] != ticket.generation:
             return False
         self._book[key] = None  # may evict the least recently used entry
-        self.data[key] = (value, deadline)
+        self.data[key] = (value, deadline, stale_until)
         for tag in tags:
             self._tag_keys.setdefault(tag, set()).add(key)
             self._tag_refs += 1
@@ -259,7 +280,7 @@ class LocalTier:
             touch(recent.popleft())
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL
-            expired = [key for key, (_, deadline) in self.data.items() if deadline <= now]
+            expired = [key for key, entry in self.data.items() if entry[2] <= now]
             for key in expired:
                 del self.data[key]
                 self._book.pop(key, None)

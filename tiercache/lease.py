@@ -54,8 +54,13 @@ end
 return 0
 """
 
+# Give the lease back: restore the stale entry it kept (ARGV[2], for ARGV[3] ms), or delete.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[2] ~= '' then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+  end
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -77,10 +82,18 @@ class Leases:
         self._release: Any = l2.script(_RELEASE)
         self._by_digest = True
 
-    def acquire(self, rkey: str, seen: bytes | None, ttl_ms: int) -> bytes | None:
-        """Take the lease if ``rkey`` still holds ``seen``; the token, or None."""
-        token = os.urandom(LEASE_TOKEN_SIZE)
-        placeholder = lease_placeholder(token)
+    def acquire(
+        self, rkey: str, seen: bytes | None, ttl_ms: int, keep: bytes = b""
+    ) -> bytes | None:
+        """Take the lease if ``rkey`` still holds ``seen``; the placeholder now stored there
+        (the proof of ownership for `write`/`release`), or None. ``keep``: an expired entry
+        to carry inside the placeholder for fail-safe readers."""
+        placeholder = lease_placeholder(os.urandom(LEASE_TOKEN_SIZE), keep)
+        return placeholder if self.replace(rkey, seen, placeholder, ttl_ms) else None
+
+    def replace(self, rkey: str, seen: bytes | None, new: bytes, ttl_ms: int) -> bool:
+        """Compare-and-set: store ``new`` (for ``ttl_ms``) if ``rkey`` still holds ``seen``
+        (None: nothing); whether it did."""
         while True:
             if seen is None:
                 mode, described = "n", b""
@@ -91,23 +104,27 @@ class Leases:
                 mode, described = "b", seen
             try:
                 won = self._l2.run(
-                    self._acquire, "lease acquire", rkey, mode, described, placeholder, ttl_ms
+                    self._acquire, "compare-and-set", rkey, mode, described, new, max(1, ttl_ms)
                 )
             except L2Error as exc:
                 if mode == "h" and "sha1hex" in str(exc):
                     self._by_digest = False  # a server without redis.sha1hex: send bytes
                     continue
                 raise
-            return token if won == 1 else None
+            return bool(won == 1)
 
-    def write(self, rkey: str, token: bytes, blob: bytes, ttl_ms: int) -> bool:
+    def refresh_lock(self, lock_key: str, ttl: float) -> bool:
+        """Take the short lock that lets one process refresh a key ahead of expiry."""
+        return self._l2.set_nx(lock_key, b"1", max(1, int(ttl * 1000)))
+
+    def write(self, rkey: str, placeholder: bytes, blob: bytes, ttl_ms: int) -> bool:
         """Store ``blob`` if the lease is still ours; whether it was stored."""
-        done = self._l2.run(
-            self._write, "lease write", rkey, lease_placeholder(token), blob, max(1, ttl_ms)
-        )
+        done = self._l2.run(self._write, "lease write", rkey, placeholder, blob, max(1, ttl_ms))
         return bool(done == 1)
 
-    def release(self, rkey: str, token: bytes) -> None:
-        """Give the lease back (the load failed); errors are swallowed: it expires anyway."""
+    def release(self, rkey: str, placeholder: bytes, restore: bytes = b"", ttl_ms: int = 0) -> None:
+        """Give the lease back (the load failed), restoring ``restore`` for ``ttl_ms`` if
+        given; errors are swallowed: the lease expires anyway."""
+        keep = restore if ttl_ms > 0 else b""
         with contextlib.suppress(L2Error):
-            self._l2.run(self._release, "lease release", rkey, lease_placeholder(token))
+            self._l2.run(self._release, "lease release", rkey, placeholder, keep, max(1, ttl_ms))

@@ -1,79 +1,85 @@
-"""The miss path: L2 read and checks, the cross-process lease, the loader, the write-back.
+"""The miss path: the cross-process lease, the loader, the write-back, and the fail-safe.
 
-A mixin of `TierCache`, kept apart so that ``cache.py`` holds the public
-API and this module the one flow that decides where a missing value comes from:
+A mixin of `TierCache`, kept apart so that ``cache.py`` holds the public API and this module
+the one flow that decides where a missing value comes from:
 
 1. a ticket from L1 (an invalidation from now on refuses our fill),
-2. the versions to stamp on what we may write (an invalidation from now on makes it stale),
-3. L2: a fresh, current entry is served; a lease placeholder means another process is
-   loading, so we wait for its value (bounded by ``lease_wait``); anything else (nothing,
-   expired, stale, corrupt) is replaced by our own lease, compare-and-set on the bytes seen,
-4. the loader, then a write that succeeds only while our lease stands (``lease.py``).
+2. L2 (``reading.py``): a fresh, current entry is served; a lease placeholder means another
+   process is loading, so we wait for its value (bounded by ``lease_wait``); anything else
+   (nothing, expired, stale, corrupt) is replaced by our own lease, compare-and-set on the
+   bytes seen,
+3. the versions to stamp on what we write, taken before the load (an invalidation from then
+   on makes it stale), then the loader, then a write that succeeds only while our lease
+   stands (``lease.py``).
 
 Without a lease (Redis away, waited too long) the loader still runs and L1 keeps its value,
 but L2 is not written: we could not know whether an invalidation overtook the load there.
+
+Fail-safe (``stale_ttl`` > 0): an expired entry still inside its window (in L1, in L2, or
+carried by a lease placeholder) is served, marked stale, when the loader raises or overruns
+``soft_timeout``/``hard_timeout``; then the key is not retried for ``fail_safe_throttle``.
+A load that overran its timeout finishes on a background worker and still fills the cache.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cachetools import LRUCache
-
-from .coherence import Coherence, Stamp
-from .entry import Entry, EntryCodec, Lease, Prepared
-from .errors import CorruptEntryError, L2Error
+from .background import Background
+from .coherence import Stamp
+from .entry import Lease, Prepared
+from .errors import L2Error, LoaderTimeoutError
 from .flight import SingleFlight
 from .keys import check_key, check_tags
-from .l1 import LocalTier, Ticket
-from .l2 import RedisTier
-from .options import Duration, Settings, check_optional_ttl
-from .stats import Counters, RateLimitedLog, key_digest, log
+from .l1 import Ticket
+from .options import Duration, check_optional_ttl
+from .reading import Fallback, L2Hit, L2Stale, ReadL2
+from .stats import RateLimitedLog
 
-__all__ = ["L2Hit", "ReadPath"]
+__all__ = ["ReadPath"]
 
 T = TypeVar("T")
 _LEASE_POLL_FIRST = 0.001
 _LEASE_POLL_MAX = 0.025
 
 
-class L2Hit:
-    """A servable L2 entry and when the versions it was checked against were learned."""
+class _LeaseWriter:
+    """The right to write one key: our lease placeholder, and what to restore if we fail."""
 
-    __slots__ = ("entry", "learned_at")
+    __slots__ = ("placeholder", "restore", "restore_ms", "rkey", "stamp")
 
-    def __init__(self, entry: Entry, learned_at: float) -> None:
-        self.entry = entry
-        self.learned_at = learned_at
+    def __init__(
+        self, rkey: str, placeholder: bytes, stamp: Stamp, restore: bytes, restore_ms: int
+    ) -> None:
+        self.rkey = rkey
+        self.placeholder = placeholder
+        self.stamp = stamp
+        self.restore = restore
+        self.restore_ms = restore_ms
 
 
-class ReadPath:
+class ReadPath(ReadL2):
     """The miss path of `TierCache` (a mixin; see the module docstring)."""
 
-    _settings: Settings
-    _codec: EntryCodec
-    _l1: LocalTier
-    _l2: RedisTier | None
-    _coherence: Coherence | None
     _flight: SingleFlight
-    _counters: Counters
+    _background: Background
     _l2_log: RateLimitedLog
-    _corrupt_logged: LRUCache[str, bool]
-    _prefix: str
-    _wall: Callable[[], float]
-    _clock: Callable[[], float]
+    _refreshing: set[str]
+    _refreshing_lock: threading.Lock
 
     if TYPE_CHECKING:
 
         def _check_open(self) -> None: ...
         def _start_listener(self) -> None: ...
         def _jittered(self, ttl_s: float) -> float: ...
-        def _read_failed(self, exc: L2Error) -> None: ...
         def _l2_usable(self) -> bool: ...
 
-    # -- the miss path -------------------------------------------------------------------
+    # -- entry ---------------------------------------------------------------------------
 
     def _get_or_set_miss(
         self, key: Any, loader: Callable[[], T], ttl: Duration | None, tags: Iterable[str]
@@ -101,21 +107,33 @@ class ReadPath:
             entry = self._l1.get(key)  # a previous leader may have filled it meanwhile
             if entry is not None:
                 return entry[0]
+            fallback = None
+            if self._settings.stale_ttl > 0:
+                old = self._l1.stale(key)
+                if old is not None:
+                    fallback = Fallback(old[0], [], old[2] - self._clock())
             if self._coherence is None:
-                value, _ = self._call_loader(loader)
-                self._l1.fill(key, value, ttl_s, ticket, tags)
-                return value
-            return self._load_with_lease(key, loader, ttl_s, tags, ticket)
+                return self._load(key, loader, ttl_s, tags, ticket, fallback, None)
+            return self._load_with_lease(key, loader, ttl_s, tags, ticket, fallback)
         finally:
             self._l1.release(ticket)
 
+    # -- the lease -----------------------------------------------------------------------
+
     def _load_with_lease(
-        self, key: str, loader: Callable[[], Any], ttl_s: float, tags: list[str], ticket: Ticket
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl_s: float,
+        tags: list[str],
+        ticket: Ticket,
+        fallback: Fallback | None,
     ) -> Any:
         assert self._coherence is not None
+        settings = self._settings
         leases = self._coherence.leases
         rkey = self._prefix + key
-        give_up = time.monotonic() + self._settings.lease_wait
+        started = time.monotonic()
         pause = _LEASE_POLL_FIRST
         waited = False
         stamp: Stamp | None = None
@@ -123,70 +141,89 @@ class ReadPath:
             found = self._read_l2(key)
             if isinstance(found, L2Hit):
                 self._fill_from_l2(key, found, ticket)
+                if settings.refresh_ahead is not None:
+                    self._maybe_refresh(key, loader, ttl_s, tags, found)
                 return found.entry.value
             if isinstance(found, L2Error):
                 break
-            if not isinstance(found, Lease):
-                try:
-                    if stamp is None:
-                        # Versions are taken before the load: an invalidation from now on
-                        # makes what this load writes stale.
-                        stamp = self._coherence.stamp(tags)
-                    token = leases.acquire(rkey, found, int(self._settings.lease_ttl * 1000))
-                except L2Error as exc:
-                    self._read_failed(exc)
+            if isinstance(found, Lease):
+                fallback = self._fallback_from(found) or fallback
+                if not waited:
+                    waited = True
+                    self._counters.lease_waits += 1
+                elapsed = time.monotonic() - started
+                if fallback is not None and elapsed >= (settings.soft_timeout or 0.0):
+                    # Someone is loading; a stale value now beats waiting for them.
+                    return self._serve_stale(key, fallback, ticket)
+                if elapsed >= settings.lease_wait:
+                    self._counters.lease_timeouts += 1
                     break
-                if token is not None:
-                    return self._load_and_write(key, loader, ttl_s, tags, ticket, stamp, token)
-                continue  # the key changed under us: read what it holds now
-            if not waited:
-                waited = True
-                self._counters.lease_waits += 1
-            if time.monotonic() >= give_up:
-                self._counters.lease_timeouts += 1
+                time.sleep(pause)  # another process is loading this key: wait for its value
+                pause = min(pause * 2, _LEASE_POLL_MAX)
+                continue
+            keep, keep_ms = b"", 0
+            if isinstance(found, L2Stale):
+                fallback = self._fallback_from(found) or fallback
+                seen: bytes | None = found.blob
+                if fallback is not None:
+                    keep, keep_ms = found.blob, int(fallback.for_seconds * 1000)
+            else:
+                seen = found
+            try:
+                if stamp is None:
+                    # Versions are taken before the load: an invalidation from now on
+                    # makes what this load writes stale.
+                    stamp = self._coherence.stamp(tags)
+                lease_ms = int(settings.lease_ttl * 1000)
+                placeholder = leases.acquire(rkey, seen, lease_ms, keep)
+            except L2Error as exc:
+                self._read_failed(exc)
                 break
-            time.sleep(pause)  # another process is loading this key: wait for its value
-            pause = min(pause * 2, _LEASE_POLL_MAX)
-        # No lease: load, keep the value in L1, but never write it to L2 (we could not
-        # know whether an invalidation overtook this load there).
-        value, _ = self._call_loader(loader)
-        self._l1.fill(key, value, min(self._settings.l1_ttl, ttl_s), ticket, tags)
-        return value
+            if placeholder is not None:
+                writer = _LeaseWriter(rkey, placeholder, stamp, keep, keep_ms)
+                return self._load(key, loader, ttl_s, tags, ticket, fallback, writer)
+            # The key changed under us: read what it holds now.
+        # No lease: load, keep the value in L1, but never write it to L2.
+        return self._load(key, loader, ttl_s, tags, ticket, fallback, None)
 
-    def _load_and_write(
+    # -- the load ------------------------------------------------------------------------
+
+    def _load(
         self,
         key: str,
         loader: Callable[[], Any],
         ttl_s: float,
         tags: list[str],
         ticket: Ticket,
-        stamp: Stamp,
-        token: bytes,
+        fallback: Fallback | None,
+        writer: _LeaseWriter | None,
     ) -> Any:
-        assert self._coherence is not None
-        assert self._l2 is not None
-        leases = self._coherence.leases
-        rkey = self._prefix + key
+        settings = self._settings
+        timeout = settings.hard_timeout
+        if fallback is not None and settings.soft_timeout is not None:
+            timeout = settings.soft_timeout
         try:
-            value, prepared = self._call_loader(loader)
-            life = self._jittered(ttl_s)
-            blob = self._codec.frame(prepared, self._wall() + life, stamp.ns_version, stamp.tags)
-        except BaseException:
-            leases.release(rkey, token)
+            if timeout is None:
+                outcome: tuple[Any, Prepared] | None = self._call_loader(loader)
+            else:
+                outcome = self._call_with_timeout(key, loader, ttl_s, tags, writer, timeout)
+        except Exception:
+            if writer is not None:
+                self._abort(writer)
+            if fallback is not None and self._l1.still_valid(ticket):
+                return self._serve_stale(key, fallback, ticket)
             raise
-        try:
-            written = leases.write(rkey, token, blob, int(life * 1000))
-        except L2Error as exc:
-            written = False
-            self._counters.l2_write_errors += 1
-            self._l2_log.warning("write", "tiercache: L2 write failed: %s", exc)
-        else:
-            if not written:
-                # set()/delete() revoked the lease, or the load outlived it.
-                self._counters.lease_lost += 1
-        l1_ttl = min(self._settings.l1_ttl, life)
-        l1_ttl = min(l1_ttl, stamp.learned_at + self._settings.l1_ttl - self._clock())
-        self._l1.fill(key, value, l1_ttl, ticket, tags)
+        except BaseException:
+            if writer is not None:
+                self._abort(writer)
+            raise
+        if outcome is None:
+            # Timed out; the load goes on in the background and fills the cache when done.
+            if fallback is not None and self._l1.still_valid(ticket):
+                return self._serve_stale(key, fallback, ticket)
+            raise LoaderTimeoutError(f"the loader did not finish within {timeout:g} s")
+        value, prepared = outcome
+        self._store(key, value, prepared, ttl_s, tags, ticket, writer)
         return value
 
     def _call_loader(self, loader: Callable[[], Any]) -> tuple[Any, Prepared]:
@@ -200,71 +237,164 @@ class ReadPath:
         # without Redis (a SerializationError naming its type).
         return value, self._codec.prepare(value)
 
-    # -- reading L2 ----------------------------------------------------------------------
-
-    def _read_l2(self, key: str) -> L2Hit | Lease | bytes | L2Error | None:
-        """A `L2Hit` for a servable entry; a Lease; the bytes of an
-        unusable entry (expired, stale, corrupt); None for nothing; the L2Error on failure."""
-        assert self._l2 is not None
+    def _call_with_timeout(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl_s: float,
+        tags: list[str],
+        writer: _LeaseWriter | None,
+        timeout: float,
+    ) -> tuple[Any, Prepared] | None:
+        """The loader's outcome within ``timeout``, or None (it goes on in the background)."""
+        late_ticket = self._l1.ticket(key)  # taken before the load, for a late fill
+        future = self._background.submit(lambda: self._call_loader(loader))
+        if future is None:  # every worker busy: run it here, without a timeout
+            self._l1.release(late_ticket)
+            return self._call_loader(loader)
         try:
-            blob = self._l2.get(self._prefix + key)
-        except L2Error as exc:
-            self._read_failed(exc)
-            return exc
-        return self._check_blob(key, blob)
+            outcome: tuple[Any, Prepared] = future.result(timeout)
+        except FutureTimeout:
+            self._counters.load_timeouts += 1
 
-    def _check_blob(self, key: str, blob: bytes | None) -> L2Hit | Lease | bytes | L2Error | None:
-        assert self._coherence is not None
-        if blob is None:
-            self._counters.l2_misses += 1
+            def finish(done: Future[tuple[Any, Prepared]]) -> None:
+                self._finish_late(done, key, ttl_s, tags, late_ticket, writer)
+
+            future.add_done_callback(finish)
             return None
-        try:
-            entry = self._codec.decode(blob)
-        except CorruptEntryError as exc:
-            self._corrupt(key, exc)
-            return blob
-        if isinstance(entry, Lease):
-            self._counters.l2_misses += 1
-            return entry
-        if entry.expires_at <= self._wall():
-            self._counters.l2_misses += 1
-            return blob
-        try:
-            learned_at = self._coherence.validate(entry)
-        except L2Error as exc:
-            self._read_failed(exc)
-            return exc
-        if learned_at is None:
-            self._counters.l2_stale += 1
-            self._counters.l2_misses += 1
-            return blob
-        self._counters.l2_hits += 1
-        return L2Hit(entry, learned_at)
+        except BaseException:
+            self._l1.release(late_ticket)
+            raise
+        self._l1.release(late_ticket)
+        return outcome
 
-    def _l1_ttl_for(self, hit: L2Hit) -> float:
-        # L1 may keep the value neither past its logical expiry nor more than l1_ttl past
-        # the moment the versions it was checked against were learned.
-        return min(
-            self._settings.l1_ttl,
-            hit.entry.expires_at - self._wall(),
-            hit.learned_at + self._settings.l1_ttl - self._clock(),
+    def _finish_late(
+        self,
+        done: Future[tuple[Any, Prepared]],
+        key: str,
+        ttl_s: float,
+        tags: list[str],
+        ticket: Ticket,
+        writer: _LeaseWriter | None,
+    ) -> None:
+        try:
+            if done.cancelled() or done.exception() is not None:
+                if writer is not None:
+                    self._abort(writer)
+                return
+            value, prepared = done.result()
+            self._store(key, value, prepared, ttl_s, tags, ticket, writer)
+        finally:
+            self._l1.release(ticket)
+
+    # -- storing and falling back ----------------------------------------------------------
+
+    def _store(
+        self,
+        key: str,
+        value: Any,
+        prepared: Prepared,
+        ttl_s: float,
+        tags: list[str],
+        ticket: Ticket,
+        writer: _LeaseWriter | None,
+    ) -> None:
+        settings = self._settings
+        if value is None and settings.none_ttl is not None:
+            ttl_s = settings.none_ttl  # "not found" is cached, but not for as long
+        if self._coherence is None:
+            # L1-only: L1 is the only copy, so it lives the whole ttl (jitter is for L2).
+            life = l1_ttl = ttl_s
+        else:
+            life = self._jittered(ttl_s)
+            l1_ttl = min(settings.l1_ttl, life)
+        stale_for = life + settings.stale_ttl
+        if writer is not None:
+            stamp = writer.stamp
+            blob = self._codec.frame(prepared, self._wall() + life, stamp.ns_version, stamp.tags)
+            self._write_with_lease(writer, blob, int(stale_for * 1000))
+            l1_ttl = min(l1_ttl, stamp.learned_at + settings.l1_ttl - self._clock())
+        if settings.refresh_ahead is not None:
+            # Come back to L2 once the value is due for refresh, so a hot key is reloaded in
+            # the background instead of expiring under its callers.
+            l1_ttl = min(l1_ttl, life * settings.refresh_ahead)
+        self._l1.fill(key, value, l1_ttl, ticket, tags, stale_for)
+
+    def _write_with_lease(self, writer: _LeaseWriter, blob: bytes, ttl_ms: int) -> None:
+        assert self._coherence is not None
+        try:
+            if not self._coherence.leases.write(writer.rkey, writer.placeholder, blob, ttl_ms):
+                # set()/delete() revoked the lease, or the load outlived it.
+                self._counters.lease_lost += 1
+        except L2Error as exc:
+            self._counters.l2_write_errors += 1
+            self._l2_log.warning("write", "tiercache: L2 write failed: %s", exc)
+
+    def _abort(self, writer: _LeaseWriter) -> None:
+        assert self._coherence is not None
+        self._coherence.leases.release(
+            writer.rkey, writer.placeholder, writer.restore, writer.restore_ms
         )
 
-    def _fill_from_l2(self, key: str, hit: L2Hit, ticket: Ticket) -> None:
-        l1_ttl = self._l1_ttl_for(hit)
-        if l1_ttl > 0:
-            self._l1.fill(key, hit.entry.value, l1_ttl, ticket, [tag for tag, _ in hit.entry.tags])
+    def _serve_stale(self, key: str, fallback: Fallback, ticket: Ticket) -> Any:
+        """Serve ``fallback`` and keep it in L1 for ``fail_safe_throttle``: the loader is
+        not called again for this key meanwhile."""
+        self._counters.stale_serves += 1
+        hold = min(self._settings.fail_safe_throttle, fallback.for_seconds)
+        self._l1.fill(key, fallback.value, hold, ticket, fallback.tags, fallback.for_seconds)
+        return fallback.value
 
-    def _corrupt(self, key: str, exc: CorruptEntryError) -> None:
-        self._counters.l2_corrupt += 1
-        self._counters.l2_misses += 1
-        digest = key_digest(key)
-        if digest not in self._corrupt_logged:
-            self._corrupt_logged[digest] = True
-            log.warning(
-                "tiercache: undecodable L2 entry in namespace %r (key digest %s), "
-                "treated as a miss: %s",
-                self._settings.namespace,
-                digest,
-                exc,
-            )
+    # -- refresh-ahead -------------------------------------------------------------------
+
+    def _maybe_refresh(
+        self, key: str, loader: Callable[[], Any], ttl_s: float, tags: list[str], hit: L2Hit
+    ) -> None:
+        assert self._settings.refresh_ahead is not None
+        due_at = hit.entry.expires_at - ttl_s * (1.0 - self._settings.refresh_ahead)
+        if self._wall() < due_at:
+            return
+        with self._refreshing_lock:
+            if key in self._refreshing:
+                return
+            self._refreshing.add(key)
+        ticket = self._l1.ticket(key)  # before the reload starts
+
+        def refresh() -> None:
+            try:
+                self._refresh(key, loader, ttl_s, tags, hit.blob, ticket)
+            except Exception as exc:
+                self._counters.refresh_errors += 1
+                self._l2_log.warning("refresh", "tiercache: background refresh failed: %s", exc)
+            finally:
+                self._l1.release(ticket)
+                with self._refreshing_lock:
+                    self._refreshing.discard(key)
+
+        if self._background.submit(refresh) is None:
+            self._l1.release(ticket)
+            with self._refreshing_lock:
+                self._refreshing.discard(key)
+
+    def _refresh(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl_s: float,
+        tags: list[str],
+        seen: bytes,
+        ticket: Ticket,
+    ) -> None:
+        assert self._coherence is not None
+        coherence = self._coherence
+        if not coherence.leases.refresh_lock(self._prefix + key, self._settings.lease_ttl):
+            return  # another process is refreshing it
+        stamp = coherence.stamp(tags)
+        value, prepared = self._call_loader(loader)
+        life = self._jittered(ttl_s)
+        stale_for = life + self._settings.stale_ttl
+        blob = self._codec.frame(prepared, self._wall() + life, stamp.ns_version, stamp.tags)
+        # Replace only the exact bytes we saw: a set/delete meanwhile wins (guarantee 3).
+        if coherence.leases.replace(self._prefix + key, seen, blob, int(stale_for * 1000)):
+            self._counters.refreshes += 1
+            l1_ttl = min(self._settings.l1_ttl, life * (self._settings.refresh_ahead or 1.0))
+            self._l1.fill(key, value, l1_ttl, ticket, tags, stale_for)

@@ -15,7 +15,9 @@ from datetime import timedelta
 from typing import Any
 
 __all__ = [
+    "DEFAULT_BACKGROUND_WORKERS",
     "DEFAULT_COMPRESS_THRESHOLD",
+    "DEFAULT_FAIL_SAFE_THROTTLE",
     "DEFAULT_L1_MAXSIZE",
     "DEFAULT_L1_TTL",
     "DEFAULT_LEASE_TTL",
@@ -26,6 +28,7 @@ __all__ = [
     "DEFAULT_TTL",
     "MAX_DURATION",
     "TTL_JITTER",
+    "Breaker",
     "Duration",
     "Settings",
     "check_duration",
@@ -55,6 +58,30 @@ TTL_JITTER = 0.1
 DEFAULT_LEASE_TTL = 5.0
 #: How long other processes wait for the lease holder's value before loading themselves.
 DEFAULT_LEASE_WAIT = 5.0
+#: After serving a stale value because the loader failed, how long to wait before calling
+#: the loader for that key again.
+DEFAULT_FAIL_SAFE_THROTTLE = 10.0
+#: Threads that run loads in the background (soft/hard timeouts, refresh-ahead).
+DEFAULT_BACKGROUND_WORKERS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    """Circuit breaker settings: open after ``failures`` consecutive Redis connection errors
+    or timeouts, skip Redis for ``reset_after`` seconds, then let one probe through.
+
+    Since: 0.1.0
+    """
+
+    failures: int = 5
+    reset_after: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_int("Breaker.failures", self.failures, 1)
+        object.__setattr__(
+            self, "reset_after", check_duration("Breaker.reset_after", self.reset_after)
+        )
+
 
 # Redis keys are binary-safe, but a namespace ends up in channel names and log lines;
 # keep it to a conservative alphabet so it can never smuggle a ':' segment or spaces.
@@ -122,6 +149,14 @@ class Settings:
     raise_on_write_error: bool
     lease_ttl: float
     lease_wait: float
+    breaker: Breaker | None
+    stale_ttl: float
+    fail_safe_throttle: float
+    soft_timeout: float | None
+    hard_timeout: float | None
+    refresh_ahead: float | None
+    none_ttl: float | None
+    background_workers: int
     timer: Callable[[], float] | None
 
     @classmethod
@@ -138,6 +173,14 @@ class Settings:
         raise_on_write_error: object = False,
         lease_ttl: object = DEFAULT_LEASE_TTL,
         lease_wait: object = DEFAULT_LEASE_WAIT,
+        breaker: object = Breaker(),
+        stale_ttl: object = 0,
+        fail_safe_throttle: object = DEFAULT_FAIL_SAFE_THROTTLE,
+        soft_timeout: object = None,
+        hard_timeout: object = None,
+        refresh_ahead: object = None,
+        none_ttl: object = None,
+        background_workers: object = DEFAULT_BACKGROUND_WORKERS,
         timer: object = None,
     ) -> Settings:
         """Validate every option; raise `TypeError`/`ValueError` naming it."""
@@ -166,6 +209,24 @@ class Settings:
             raise TypeError(f"raise_on_write_error must be a bool, not {raise_on_write_error!r}")
         if timer is not None and not callable(timer):
             raise TypeError(f"timer must be a callable returning seconds, not {timer!r}")
+        if breaker is not None and not isinstance(breaker, Breaker):
+            raise TypeError(f"breaker must be a tiercache.Breaker or None, not {breaker!r}")
+        soft = None if soft_timeout is None else check_duration("soft_timeout", soft_timeout)
+        hard = None if hard_timeout is None else check_duration("hard_timeout", hard_timeout)
+        if soft is not None and hard is not None and soft > hard:
+            raise ValueError(f"soft_timeout ({soft:g} s) must not exceed hard_timeout ({hard:g} s)")
+        refresh = None
+        if refresh_ahead is not None:
+            if not isinstance(refresh_ahead, (int, float)) or isinstance(refresh_ahead, bool):
+                raise TypeError(f"refresh_ahead must be a fraction of ttl, not {refresh_ahead!r}")
+            refresh = float(refresh_ahead)
+            if not 0.0 < refresh < 1.0:
+                raise ValueError(
+                    f"refresh_ahead must be between 0 and 1 (exclusive), got {refresh}"
+                )
+        none_ttl_s = None if none_ttl is None else check_duration("none_ttl", none_ttl)
+        if none_ttl_s is not None and none_ttl_s > ttl_s:
+            raise ValueError(f"none_ttl ({none_ttl_s:g} s) must not exceed ttl ({ttl_s:g} s)")
         return cls(
             namespace=namespace,
             ttl=ttl_s,
@@ -177,6 +238,14 @@ class Settings:
             raise_on_write_error=raise_on_write_error,
             lease_ttl=check_duration("lease_ttl", lease_ttl),
             lease_wait=check_duration("lease_wait", lease_wait, allow_zero=True),
+            breaker=breaker,
+            stale_ttl=check_duration("stale_ttl", stale_ttl, allow_zero=True),
+            fail_safe_throttle=check_duration("fail_safe_throttle", fail_safe_throttle),
+            soft_timeout=soft,
+            hard_timeout=hard,
+            refresh_ahead=refresh,
+            none_ttl=none_ttl_s,
+            background_workers=_check_int("background_workers", background_workers, 1),
             timer=timer,
         )
 
@@ -192,4 +261,12 @@ class Settings:
             "max_value_bytes": self.max_value_bytes,
             "lease_ttl": self.lease_ttl,
             "lease_wait": self.lease_wait,
+            "breaker": self.breaker,
+            "stale_ttl": self.stale_ttl,
+            "fail_safe_throttle": self.fail_safe_throttle,
+            "soft_timeout": self.soft_timeout,
+            "hard_timeout": self.hard_timeout,
+            "refresh_ahead": self.refresh_ahead,
+            "none_ttl": self.none_ttl,
+            "background_workers": self.background_workers,
         }

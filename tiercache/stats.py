@@ -37,6 +37,10 @@ COUNTERS = (
     "lease_waits",
     "lease_timeouts",
     "lease_lost",
+    "stale_serves",
+    "load_timeouts",
+    "refreshes",
+    "refresh_errors",
 )
 
 
@@ -68,6 +72,10 @@ class Counters:
         self.lease_waits = 0
         self.lease_timeouts = 0
         self.lease_lost = 0
+        self.stale_serves = 0
+        self.load_timeouts = 0
+        self.refreshes = 0
+        self.refresh_errors = 0
 
     def snapshot(self) -> dict[str, int]:
         """The counters as a plain dict."""

@@ -11,8 +11,10 @@ import pytest
 import tiercache
 
 EXPECTED_ALL = [
+    "Breaker",
     "CorruptEntryError",
     "L2Error",
+    "LoaderTimeoutError",
     "Memoized",
     "MsgpackSerializer",
     "NotConfiguredError",

@@ -45,9 +45,10 @@ def value_of(tier: LocalTier, key: str) -> Any:
 
 
 def test_fill_then_get_returns_value_and_deadline(tier: LocalTier, clock: FakeClock) -> None:
-    """A filled entry is served with its absolute deadline; unknown keys are None."""
+    """A filled entry is served with its absolute deadline (and fail-safe end, the same when
+    no stale window is asked for); unknown keys are None."""
     assert tier.fill("a", {"v": 1}, ttl=10)
-    assert tier.get("a") == ({"v": 1}, clock.now + 10)
+    assert tier.get("a") == ({"v": 1}, clock.now + 10, clock.now + 10)
     assert tier.get("missing") is None
     assert len(tier) == 1
 
@@ -55,7 +56,7 @@ def test_fill_then_get_returns_value_and_deadline(tier: LocalTier, clock: FakeCl
 def test_cached_none_is_a_value(tier: LocalTier) -> None:
     """None can be stored and is distinguishable from a miss."""
     tier.fill("n", None, ttl=10)
-    assert tier.get("n") == (None, pytest.approx(1010.0))
+    assert tier.get("n") == (None, pytest.approx(1010.0), pytest.approx(1010.0))
 
 
 def test_each_entry_expires_on_its_own_ttl(tier: LocalTier, clock: FakeClock) -> None:
@@ -337,7 +338,7 @@ def test_readers_never_see_a_value_after_its_invalidation_returned(fast_switchin
     for version v, no get() that starts afterwards returns v (or older)."""
     clock = FakeClock()
     tier = LocalTier(maxsize=16, timer=clock)
-    readers_n, rounds = 2, 1500
+    readers_n, rounds = 2, 2000
     # A budget, not a sleep: on a loaded machine stop early rather than slow the suite.
     budget_ends = time.monotonic() + 1.5
     completed = [0]
@@ -347,6 +348,12 @@ def test_readers_never_see_a_value_after_its_invalidation_returned(fast_switchin
     errors: list[BaseException] = []
     violations: list[tuple[int, int]] = []
     hits = [0] * readers_n
+    # Every 100 rounds the writer waits (bounded) until a reader has seen the live value,
+    # so the test exercises hits racing invalidations however the threads are scheduled.
+    wanted, seen = [-1], threading.Event()
+    # And after every 4th invalidation the writer waits (bounded) until some reader has
+    # finished a get() that started after it, so that window is always checked.
+    checked, checked_cond = [-1], threading.Condition()
 
     def reader(n: int) -> None:
         try:
@@ -356,8 +363,14 @@ def test_readers_never_see_a_value_after_its_invalidation_returned(fast_switchin
                 entry = tier.get("hot")
                 if entry is not None:
                     hits[n] += 1
-                    if entry[0] <= floor:
+                    if entry[0] <= floor and len(violations) < 10:
                         violations.append((entry[0], floor))
+                    if entry[0] == wanted[0]:
+                        seen.set()
+                if floor > checked[0]:
+                    with checked_cond:
+                        checked[0] = max(checked[0], floor)
+                        checked_cond.notify_all()
                 tier.get(f"cold{n}")
         except BaseException as exc:
             errors.append(exc)
@@ -368,13 +381,22 @@ def test_readers_never_see_a_value_after_its_invalidation_returned(fast_switchin
             for version in range(rounds):
                 if time.monotonic() > budget_ends:
                     break
+                if version % 100 == 0:
+                    seen.clear()
+                    wanted[0] = version
                 tier.fill("hot", version, ttl=100)
                 tier.fill(f"cold{version % 40}", version, ttl=100)  # forces evictions
+                if version % 100 == 0 and not seen.wait(timeout=10):
+                    raise AssertionError(f"no reader saw version {version}")
                 if version % 500 == 499:
                     tier.flush()
                 else:
                     tier.invalidate(["hot"])
                 invalidated[0] = version
+                if version % 4 == 0:
+                    with checked_cond:
+                        if not checked_cond.wait_for(lambda v=version: checked[0] >= v, timeout=10):
+                            raise AssertionError(f"no reader checked version {version}")
                 completed[0] += 1
         except BaseException as exc:
             errors.append(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,12 +89,33 @@ def test_memoize_with_ttl_on_the_default_cache_expires(no_env: None) -> None:
         return f"price of {sku}"
 
     assert price("A1") == "price of A1"
+    clock.now += 50  # inside the ttl even after any jitter
+    price("A1")
+    assert loads.calls == ["A1"]
+    clock.now += 10.1
+    price("A1")
+    assert loads.calls == ["A1", "A1"]
+
+
+def test_l1_only_memoized_result_lives_the_whole_ttl(
+    no_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In L1-only mode a memoized result lives exactly ``ttl`` (no Redis, so no jitter;
+    regression: the load path shortened it by up to 10%)."""
+    monkeypatch.setattr(random, "random", lambda: 0.99)  # the largest jitter draw
+    clock = FakeClock()
+    tiercache.configure(timer=clock)
+    loads = Loads()
+
+    @tiercache.memoize(ttl=60)
+    def price(sku: str) -> str:
+        loads(sku)
+        return sku
+
+    price("A1")
     clock.now += 59.9
     price("A1")
     assert loads.calls == ["A1"]
-    clock.now += 0.2
-    price("A1")
-    assert loads.calls == ["A1", "A1"]
 
 
 def test_configure_switches_the_default_cache_after_decoration(
@@ -503,3 +525,29 @@ def test_bare_cache_memoize_works_like_bare_default_memoize(l1_cache: TierCache)
 
     assert f(1) == f(1) == 1
     assert loads == [1]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: keys use only module.qualname, so closures from one factory (and lambdas "
+    "of one module) share keys and return each other's results",
+)
+def test_closures_with_the_same_qualname_do_not_share_results(l1_cache: TierCache) -> None:
+    """Two memoized closures from one factory (same qualname) never return each other's
+    values: either memoize refuses such functions at decoration, or their keys differ."""
+
+    def make(n: int) -> Any:
+        @l1_cache.memoize()
+        def add(x: int) -> int:
+            return x + n
+
+        return add
+
+    try:
+        add_one, add_hundred = make(1), make(100)
+        double = l1_cache.memoize()(lambda x: 2 * x)
+        square = l1_cache.memoize()(lambda x: x * x)
+    except (TypeError, ValueError):
+        return  # refusing ambiguous names up front is an acceptable fix
+    assert (add_one(10), add_hundred(10)) == (11, 110)
+    assert (double(3), square(3)) == (6, 9)
