@@ -57,6 +57,7 @@ def memoize(
     ttl: Duration | None = None,
     tags: Iterable[str] = (),
     ignore: Iterable[str] = (),
+    name: str | None = None,
 ) -> Callable[[F], F]: ...
 def memoize(
     func: Callable[..., Any] | None = None,
@@ -65,6 +66,7 @@ def memoize(
     ttl: Duration | None = None,
     tags: Iterable[str] = (),
     ignore: Iterable[str] = (),
+    name: str | None = None,
 ) -> Any:
     """Cache a function's results in the default cache (``configure()``, ``TIERCACHE_URL``,
     else L1-only), resolved at each call, so configuring after decorating works.
@@ -76,7 +78,7 @@ def memoize(
 
     Since: 0.1.0
     """
-    decorator = memoize_with(get_default, ttl=ttl, tags=tags, ignore=ignore)
+    decorator = memoize_with(get_default, ttl=ttl, tags=tags, ignore=ignore, name=name)
     if func is not None:
         return decorator(func)
     return decorator

@@ -528,6 +528,7 @@ class TierCache(ReadPath):
         *,
         tags: Iterable[str] = (),
         ignore: Iterable[str] = (),
+        name: str | None = None,
     ) -> Any:
         """Decorate a function so its results are cached here, bare (``@cache.memoize``) or
         with options (``@cache.memoize(ttl=60, tags=("prices",))``); see `tiercache.memoize`.
@@ -538,7 +539,7 @@ class TierCache(ReadPath):
 
         if callable(ttl) and not isinstance(ttl, (int, float)):
             return memoize_with(lambda: self)(ttl)
-        return memoize_with(lambda: self, ttl=ttl, tags=tags, ignore=ignore)
+        return memoize_with(lambda: self, ttl=ttl, tags=tags, ignore=ignore, name=name)
 
     def close(self) -> None:
         """Stop the listener, drop L1 and close the Redis client if `from_url`
@@ -589,7 +590,9 @@ class TierCache(ReadPath):
         if self._pid != os.getpid():
             self._after_fork()
         if self._coherence is not None and not self._closed:
-            self._coherence.bus.ensure_started()
+            bus = self._coherence.bus
+            bus.ensure_started()
+            bus.raise_if_refused()
 
     def _after_fork(self) -> None:
         """In a forked child: empty L1, forget loads and versions, new bus identity."""

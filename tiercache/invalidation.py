@@ -39,7 +39,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import L2Error
-from .l2 import RedisTier
+from .l2 import CONFIG_ERRORS, RedisTier
 from .messages import (
     OP_CLEAR,
     OP_KEYS,
@@ -126,6 +126,10 @@ class Bus:
         self._stop = threading.Event()
         self.subscribed = False
         self._subscribed_event = threading.Event()
+        # Set once the first subscription attempt has an outcome (subscribed or refused).
+        self._settled = threading.Event()
+        #: Why Redis refused the subscription (credentials, ACL), until it succeeds.
+        self.config_error: Exception | None = None
         self._origins: LRUCache[bytes, int] = LRUCache(maxsize=4096)
         self._pong_deadline: float | None = None
         self._next_ping = 0.0
@@ -178,7 +182,20 @@ class Bus:
             self._running = True
             self._thread.start()
         # Bounded: with Redis down this costs one wait per listener start, not per call.
-        self._subscribed_event.wait(FIRST_SUBSCRIBE_WAIT)
+        self._settled.wait(FIRST_SUBSCRIBE_WAIT)
+
+    def raise_if_refused(self) -> None:
+        """Raise a clear error if Redis refused the subscription: misconfiguration must not
+        look like a working cache whose invalidations silently never arrive."""
+        exc = self.config_error
+        if exc is None:
+            return
+        hint = (
+            f"tiercache cannot subscribe to its invalidation channel {self.channel!r}: {exc}. "
+            "Check the credentials, and that the Redis user may use that channel "
+            f"(ACL: &{self.channel} or allchannels) and PUBLISH/SUBSCRIBE."
+        )
+        raise type(exc)(hint) from exc
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the listener and unsubscribe; bounded by ``timeout``."""
@@ -224,6 +241,15 @@ class Bus:
                 self._connect()
                 attempt = 0
                 self._serve()
+            except CONFIG_ERRORS as exc:
+                self.config_error = exc
+                self._settled.set()
+                self._log.warning(
+                    "bus-config",
+                    "tiercache: Redis refused the subscription to %s: %s",
+                    self.channel,
+                    exc,
+                )
             except Exception as exc:
                 if not self._stop.is_set():
                     self._log.warning(
@@ -320,7 +346,9 @@ class Bus:
         # redis-py may have reconnected and resubscribed silently.
         self._receiver.flush_l1("subscribed")
         self.subscribed = True
+        self.config_error = None
         self._subscribed_event.set()
+        self._settled.set()
         self._probe_due = True
 
     def _on_message(self, raw: object) -> None:

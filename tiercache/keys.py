@@ -180,14 +180,22 @@ class ArgumentKeyer:
 
     __slots__ = ("_ignore", "_prefix", "_signature")
 
-    def __init__(self, func: Callable[..., Any], ignore: Iterable[str] = ()) -> None:
+    def __init__(
+        self, func: Callable[..., Any], ignore: Iterable[str] = (), name: str | None = None
+    ) -> None:
         self._signature = inspect.signature(func)
         ignored = frozenset(ignore)
         unknown = ignored - self._signature.parameters.keys()
         if unknown:
             raise ValueError(f"ignore names parameters {sorted(unknown)} that {func!r} lacks")
         self._ignore = ignored
-        name = f"{func.__module__}.{func.__qualname__}"
+        if name is None:
+            name = f"{func.__module__}.{func.__qualname__}"
+            if "<lambda>" in name or "<locals>" in name:
+                # Closures and lambdas share a qualified name but not their captured state:
+                # two closures from one factory must not answer for each other. Without an
+                # explicit name= their keys are private to this function object (and process).
+                name += f"#{id(func):x}"
         self._prefix = f"{MEMO_PREFIX}:{name}:"
 
     @property

@@ -41,13 +41,14 @@ class Memoized(Generic[P, R]):
         ttl: float | None,
         ignore: Iterable[str],
         tags: tuple[str, ...] = (),
+        name: str | None = None,
     ) -> None:
         functools.update_wrapper(self, func)
         self._func = func
         self._cache = cache
         self._ttl = ttl
         self._tags = tags
-        self._keyer = ArgumentKeyer(func, ignore)
+        self._keyer = ArgumentKeyer(func, ignore, name)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         key = self._keyer(args, kwargs)
@@ -100,27 +101,34 @@ def memoize_with(
     ttl: Duration | None = None,
     tags: Iterable[str] = (),
     ignore: Iterable[str] = (),
+    name: str | None = None,
 ) -> Callable[[Callable[P, R]], Any]:
     """A decorator caching results in ``cache()`` (resolved at call time).
+
+    ``name`` replaces ``module.qualname`` in the keys: give one to closures and lambdas
+    whose results should be shared across processes (without it, their keys are private to
+    the function object, since closures of one factory share a qualified name).
 
     Since: 0.1.0
     """
     ttl_s = None if ttl is None else check_optional_ttl("ttl", ttl, 0.0)
     tag_list = tuple(check_tags(tags))
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"name must be a non-empty str, not {name!r}")
     if isinstance(ignore, str):
         ignore = (ignore,)
     ignored = tuple(ignore)
-    for name in ignored:
-        if not isinstance(name, str):
-            raise TypeError(f"ignore must hold parameter names (str), not {name!r}")
+    for param in ignored:
+        if not isinstance(param, str):
+            raise TypeError(f"ignore must hold parameter names (str), not {param!r}")
 
     def decorate(func: Callable[P, R]) -> Any:
         if isinstance(func, staticmethod):
-            return staticmethod(Memoized(func.__func__, cache, ttl_s, ignored, tag_list))
+            return staticmethod(Memoized(func.__func__, cache, ttl_s, ignored, tag_list, name))
         if isinstance(func, classmethod):
-            return classmethod(Memoized(func.__func__, cache, ttl_s, ignored, tag_list))
+            return classmethod(Memoized(func.__func__, cache, ttl_s, ignored, tag_list, name))
         if not callable(func):
             raise TypeError(f"memoize decorates functions, not {type(func).__name__}")
-        return Memoized(func, cache, ttl_s, ignored, tag_list)
+        return Memoized(func, cache, ttl_s, ignored, tag_list, name)
 
     return decorate

@@ -527,11 +527,6 @@ def test_bare_cache_memoize_works_like_bare_default_memoize(l1_cache: TierCache)
     assert loads == [1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: keys use only module.qualname, so closures from one factory (and lambdas "
-    "of one module) share keys and return each other's results",
-)
 def test_closures_with_the_same_qualname_do_not_share_results(l1_cache: TierCache) -> None:
     """Two memoized closures from one factory (same qualname) never return each other's
     values: either memoize refuses such functions at decoration, or their keys differ."""
