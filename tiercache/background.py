@@ -11,6 +11,7 @@ returns None and the caller runs the work itself.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import queue
 import threading
 from collections.abc import Callable
@@ -50,7 +51,9 @@ class Background:
         return self._busy
 
     def submit(self, fn: Callable[[], Any]) -> Future[Any] | None:
-        """Schedule ``fn``; its `Future`, or None when the pool is full or closed."""
+        """Schedule ``fn`` (in a copy of the caller's context, so its spans nest under the
+        caller's); its `Future`, or None when the pool is full or closed."""
+        context = contextvars.copy_context()
         future: Future[Any] = Future()
         with self._lock:
             if self._closed:
@@ -62,7 +65,7 @@ class Background:
                 self._threads.append(thread)
                 thread.start()
             try:
-                self._queue.put_nowait((fn, future))
+                self._queue.put_nowait((lambda: context.run(fn), future))
             except queue.Full:
                 return None
             self._busy += 1

@@ -33,8 +33,24 @@ from .loading import ReadPath
 from .options import TTL_JITTER, Breaker, Duration, Settings, check_optional_ttl
 from .pending import PendingWrites
 from .reading import L2Hit
-from .resilience import CircuitBreaker
+from .resilience import CLOSED, CircuitBreaker
 from .stats import Counters, RateLimitedLog
+from .telemetry import (
+    ATTR_KEY_COUNT,
+    SPAN_CLEAR,
+    SPAN_DELETE,
+    SPAN_DELETE_MANY,
+    SPAN_GET_MANY,
+    SPAN_INVALIDATE_TAGS,
+    SPAN_SET,
+    SPAN_SET_MANY,
+    RecordKeys,
+    Telemetry,
+    spanned,
+)
+from .telemetry import forget as stop_metrics
+from .telemetry import observe as report_metrics
+from .traced import TracedReads
 from .versions import NAMESPACE
 
 __all__ = ["TierCache"]
@@ -44,7 +60,7 @@ T = TypeVar("T")
 _TICK = 0.001
 
 
-class TierCache(ReadPath):
+class TierCache(TracedReads, ReadPath):
     """An in-process L1 in front of a Redis L2, kept coherent across instances by pub/sub.
 
     Args:
@@ -80,6 +96,12 @@ class TierCache(ReadPath):
             their callers.
         none_ttl: a shorter ``ttl`` for loaded ``None`` values ("not found").
         background_workers: threads for background loads (timeouts, refresh-ahead).
+        telemetry: OpenTelemetry spans and metrics (through ``opentelemetry-api``; they cost
+            next to nothing while no SDK is installed). False turns both off.
+        record_keys: put keys in spans: None (default: never), ``"hash"`` (a BLAKE2b
+            digest) or ``"raw"`` (the key itself; it may hold personal data).
+        trace_l1_hits: open spans for L1 hits too (False keeps them out of traces; they
+            still count in the metrics).
         timer: a clock in seconds for tests; replaces both the monotonic clock of L1 and the
             wall clock of logical expiry.
 
@@ -109,6 +131,9 @@ class TierCache(ReadPath):
         refresh_ahead: float | None = None,
         none_ttl: Duration | None = None,
         background_workers: int = 4,
+        telemetry: bool = True,
+        record_keys: RecordKeys = None,
+        trace_l1_hits: bool = True,
         timer: Callable[[], float] | None = None,
     ) -> None:
         settings = Settings.build(
@@ -130,6 +155,9 @@ class TierCache(ReadPath):
             refresh_ahead=refresh_ahead,
             none_ttl=none_ttl,
             background_workers=background_workers,
+            telemetry=telemetry,
+            record_keys=record_keys,
+            trace_l1_hits=trace_l1_hits,
             timer=timer,
         )
         self._settings = settings
@@ -146,6 +174,15 @@ class TierCache(ReadPath):
             limits = settings.breaker or Breaker(failures=2**31, reset_after=1.0)
             self._breaker = CircuitBreaker(limits.failures, limits.reset_after, self._l1.timer)
             self._l2 = RedisTier(client, self._breaker)
+        self._telemetry = Telemetry(
+            settings.namespace,
+            enabled=settings.telemetry,
+            record_keys=settings.record_keys,  # type: ignore[arg-type]
+            trace_l1_hits=settings.trace_l1_hits,
+            server=self._l2.server() if self._l2 is not None else None,
+        )
+        if self._l2 is not None:
+            self._l2.telemetry = self._telemetry
         self._wall: Callable[[], float] = timer or time.time
         self._prefix = settings.namespace + ":"
         self._counters = Counters()
@@ -180,6 +217,9 @@ class TierCache(ReadPath):
         self._clock = self._l1.timer
         self._next_tick = 0.0
         forking.track(self)
+        if settings.telemetry:
+            report_metrics(self)
+            self._follow_tracing(time.monotonic())
 
     # -- construction ------------------------------------------------------------------
 
@@ -256,24 +296,9 @@ class TierCache(ReadPath):
             self._l1_touch(key)
             self._l1_hits += 1
             return entry[0]
-        key = check_key(key, self._settings.max_key_length)
-        self._check_open()
-        self._counters.l1_misses += 1
-        if self._l2 is None:
-            return default
-        self._start_listener()
-        if not self._l2_usable():
-            return default
-        ticket = self._l1.ticket(key)
-        try:
-            found = self._read_l2(key)
-            if isinstance(found, L2Hit):
-                self._fill_from_l2(key, found, ticket)
-                return found.entry.value
-            return default
-        finally:
-            self._l1.release(ticket)
+        return self._get_miss(key, default)
 
+    @spanned(SPAN_GET_MANY)
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The cached values of those ``keys`` that are present; L2 in one ``MGET``.
 
@@ -333,7 +358,8 @@ class TierCache(ReadPath):
         Since: 0.1.0
         """
         key = check_key(key, self._settings.max_key_length)
-        self._set_many([key], {key: value}, ttl, tags)
+        with self._telemetry.span(SPAN_SET, key):
+            self._set_many([key], {key: value}, ttl, tags)
 
     def set_many(
         self,
@@ -350,22 +376,28 @@ class TierCache(ReadPath):
         if not isinstance(mapping, Mapping):
             raise TypeError(f"mapping must be a Mapping of str keys, not {type(mapping).__name__}")
         keys = check_keys(mapping.keys(), self._settings.max_key_length, "mapping keys")
-        self._set_many(keys, mapping, ttl, tags)
+        with self._telemetry.span(SPAN_SET_MANY, None, {ATTR_KEY_COUNT: len(keys)}):
+            self._set_many(keys, mapping, ttl, tags)
 
     def delete(self, key: str) -> None:
         """Remove ``key`` from L2 and from the L1 of every instance.
 
         Since: 0.1.0
         """
-        self._delete_many([check_key(key, self._settings.max_key_length)])
+        key = check_key(key, self._settings.max_key_length)
+        with self._telemetry.span(SPAN_DELETE, key):
+            self._delete_many([key])
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Remove every key, in one ``UNLINK`` and one bus message.
 
         Since: 0.1.0
         """
-        self._delete_many(check_keys(keys, self._settings.max_key_length))
+        wanted = check_keys(keys, self._settings.max_key_length)
+        with self._telemetry.span(SPAN_DELETE_MANY, None, {ATTR_KEY_COUNT: len(wanted)}):
+            self._delete_many(wanted)
 
+    @spanned(SPAN_INVALIDATE_TAGS)
     def invalidate_tags(self, *tags: str) -> None:
         """Invalidate every entry set with any of ``tags``, in every instance, without
         scanning Redis: the tags' versions move on, so older entries read as misses.
@@ -386,6 +418,7 @@ class TierCache(ReadPath):
         finally:
             self._l1.invalidate_tags(tag_list)
 
+    @spanned(SPAN_CLEAR)
     def clear(self) -> None:
         """Empty the whole namespace in every instance: the namespace version moves on, so
         every older entry reads as a miss (no ``KEYS``/``SCAN``/``FLUSHDB``; old entries
@@ -516,6 +549,7 @@ class TierCache(ReadPath):
         snapshot["l1_maxsize"] = self._l1.maxsize
         if self._breaker is not None:
             snapshot["breaker_state"] = self._breaker.state
+            snapshot["breaker_open"] = int(self._breaker.state != CLOSED)
             snapshot["breaker_opens"] = self._breaker.opens
             snapshot["l2_skipped"] = self._breaker.skipped
         if self._coherence is not None:
@@ -553,6 +587,7 @@ class TierCache(ReadPath):
         if self._coherence is not None:
             self._coherence.close()
         self._background.close()
+        stop_metrics(self)
         self._l1.flush()
         if self._l2 is not None and self._owns_client:
             self._l2.close()
@@ -579,12 +614,28 @@ class TierCache(ReadPath):
         self._next_tick = now + _TICK
         if self._pid != os.getpid():
             self._after_fork()
+        mono = time.monotonic()
+        if mono >= self._telemetry.next_refresh:
+            self._follow_tracing(mono)
         if self._coherence is not None and not self._closed:
             bus = self._coherence.bus
             bus.ensure_started()
             # A busy process applies invalidations late if only the listener thread does it
             # (field-notes 18): readers take what is already waiting, once per tick.
             bus.drain()
+
+    def _follow_tracing(self, now: float) -> None:
+        """Trace L1 hits only while spans are recorded: the traced versions of get_or_set and
+        get shadow the methods on this instance, so an untraced hit pays nothing."""
+        tel = self._telemetry
+        if not tel.refresh(now):
+            return
+        if tel.tracing and tel.trace_l1_hits:
+            self.get_or_set = self._traced_get_or_set  # type: ignore[method-assign]
+            self.get = self._traced_get  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("get_or_set", None)
+            self.__dict__.pop("get", None)
 
     def _start_listener(self) -> None:
         if self._pid != os.getpid():

@@ -12,6 +12,7 @@ wrong password is a clear error instead of a silent miss forever.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from redis.exceptions import (
 
 from .errors import CircuitOpenError, L2Error
 from .resilience import CLOSED, CircuitBreaker
+from .telemetry import Telemetry
 
 __all__ = ["CONFIG_ERRORS", "RedisTier"]
 
@@ -49,9 +51,14 @@ class RedisTier:
     Since: 0.1.0
     """
 
-    __slots__ = ("_cluster", "breaker", "client")
+    __slots__ = ("_cluster", "breaker", "client", "telemetry")
 
-    def __init__(self, client: Any, breaker: CircuitBreaker | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        breaker: CircuitBreaker | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         if isinstance(client, type) or not (
             hasattr(client, "execute_command") and hasattr(client, "pipeline")
         ):
@@ -67,12 +74,35 @@ class RedisTier:
             )
         self.client = client
         self.breaker = breaker or CircuitBreaker()
+        self.telemetry = telemetry
         self._cluster = isinstance(client, redis.RedisCluster)
+
+    def server(self) -> tuple[str, int] | None:
+        """``(host, port)`` of a standalone client, for telemetry; None if unknown."""
+        kwargs = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", {})
+        host, port = kwargs.get("host"), kwargs.get("port")
+        if isinstance(host, str) and isinstance(port, int):
+            return host, port
+        return None
 
     def _call(self, operation: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         breaker = self.breaker
         if breaker.state != CLOSED and not breaker.allow():
             raise CircuitOpenError(f"redis {operation} skipped: the circuit breaker is open")
+        telemetry = self.telemetry
+        if telemetry is None or not telemetry.enabled:
+            return self._attempt(operation, fn, *args, **kwargs)
+        if telemetry.tracing:
+            with telemetry.l2_span(operation):
+                return self._attempt(operation, fn, *args, **kwargs)
+        started = time.perf_counter()
+        try:
+            return self._attempt(operation, fn, *args, **kwargs)
+        finally:
+            telemetry.record_duration("l2", operation, time.perf_counter() - started)
+
+    def _attempt(self, operation: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        breaker = self.breaker
         try:
             result = fn(*args, **kwargs)
         except CONFIG_ERRORS:
@@ -142,7 +172,7 @@ class RedisTier:
 
     def run(self, script: Any, operation: str, key: str, *args: bytes | str | int) -> Any:
         """Run a one-key script from `script`."""
-        return self._call(operation, script, keys=[key], args=list(args))
+        return self._call(f"EVALSHA {operation}", script, keys=[key], args=list(args))
 
     def ping(self) -> None:
         """Round trip to check the connection and credentials."""

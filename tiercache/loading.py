@@ -40,6 +40,7 @@ from .l1 import Ticket
 from .options import Duration, check_optional_ttl
 from .reading import Fallback, L2Hit, L2Stale, ReadL2
 from .stats import RateLimitedLog
+from .telemetry import ATTR_COALESCED, ATTR_VALUE_SIZE, SPAN_GET, SPAN_GET_OR_SET, Telemetry
 
 __all__ = ["ReadPath"]
 
@@ -71,6 +72,7 @@ class ReadPath(ReadL2):
     _l2_log: RateLimitedLog
     _refreshing: set[str]
     _refreshing_lock: threading.Lock
+    _telemetry: Telemetry
 
     if TYPE_CHECKING:
 
@@ -90,14 +92,42 @@ class ReadPath(ReadL2):
         ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
         tag_list = check_tags(tags)
         self._check_open()
-        self._start_listener()
-        self._counters.l1_misses += 1
-        value, leader = self._flight.run(
-            key, lambda: self._load_through(key, loader, ttl_s, tag_list)
-        )
-        if not leader:
-            self._counters.load_waits += 1
-        return value  # type: ignore[no-any-return]
+        with self._telemetry.span(SPAN_GET_OR_SET, key):
+            self._start_listener()
+            self._counters.l1_misses += 1
+            value, leader = self._flight.run(
+                key, lambda: self._load_through(key, loader, ttl_s, tag_list)
+            )
+            if not leader:
+                self._counters.load_waits += 1
+                self._telemetry.answered("loader", "miss", **{ATTR_COALESCED: True})
+            return value  # type: ignore[no-any-return]
+
+    def _get_miss(self, key: Any, default: Any) -> Any:
+        key = check_key(key, self._settings.max_key_length)
+        self._check_open()
+        with self._telemetry.span(SPAN_GET, key):
+            self._counters.l1_misses += 1
+            if self._l2 is None:
+                self._telemetry.answered("l1", "miss")
+                return default
+            self._start_listener()
+            if not self._l2_usable():
+                return default
+            ticket = self._l1.ticket(key)
+            try:
+                found = self._read_l2(key)
+                if isinstance(found, L2Hit):
+                    self._fill_from_l2(key, found, ticket)
+                    self._answered_l2(found)
+                    return found.entry.value
+                self._telemetry.answered("l2", "miss")
+                return default
+            finally:
+                self._l1.release(ticket)
+
+    def _answered_l2(self, hit: L2Hit) -> None:
+        self._telemetry.answered("l2", "hit", **{ATTR_VALUE_SIZE: len(hit.blob)})
 
     def _load_through(
         self, key: str, loader: Callable[[], Any], ttl_s: float, tags: list[str]
@@ -106,6 +136,7 @@ class ReadPath(ReadL2):
         try:
             entry = self._l1.get(key)  # a previous leader may have filled it meanwhile
             if entry is not None:
+                self._telemetry.answered("l1", "hit")
                 return entry[0]
             fallback = None
             if self._settings.stale_ttl > 0:
@@ -141,6 +172,7 @@ class ReadPath(ReadL2):
             found = self._read_l2(key)
             if isinstance(found, L2Hit):
                 self._fill_from_l2(key, found, ticket)
+                self._answered_l2(found)
                 if settings.refresh_ahead is not None:
                     self._maybe_refresh(key, loader, ttl_s, tags, found)
                 return found.entry.value
@@ -224,12 +256,17 @@ class ReadPath(ReadL2):
             raise LoaderTimeoutError(f"the loader did not finish within {timeout:g} s")
         value, prepared = outcome
         self._store(key, value, prepared, ttl_s, tags, ticket, writer)
+        self._telemetry.answered("loader", "miss", **{ATTR_VALUE_SIZE: len(prepared.payload)})
         return value
 
     def _call_loader(self, loader: Callable[[], Any]) -> tuple[Any, Prepared]:
         self._counters.loads += 1
         try:
-            value = loader()
+            if self._telemetry.enabled:
+                with self._telemetry.load_span():
+                    value = loader()
+            else:
+                value = loader()
         except BaseException:
             self._counters.load_errors += 1
             raise
@@ -340,6 +377,7 @@ class ReadPath(ReadL2):
         """Serve ``fallback`` and keep it in L1 for ``fail_safe_throttle``: the loader is
         not called again for this key meanwhile."""
         self._counters.stale_serves += 1
+        self._telemetry.answered("stale", "stale")
         hold = min(self._settings.fail_safe_throttle, fallback.for_seconds)
         self._l1.fill(key, fallback.value, hold, ticket, fallback.tags, fallback.for_seconds)
         return fallback.value

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .keys import ArgumentKeyer, check_tags
 from .options import Duration, check_optional_ttl
+from .telemetry import ATTR_FUNCTION, SPAN_MEMOIZE
 
 if TYPE_CHECKING:
     from .cache import TierCache
@@ -52,7 +53,15 @@ class Memoized(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         key = self._keyer(args, kwargs)
-        return self._cache().get_or_set(
+        cache = self._cache()
+        telemetry = cache._telemetry
+        if telemetry.tracing:
+            attributes = {ATTR_FUNCTION: self._func.__qualname__}
+            with telemetry.span(SPAN_MEMOIZE, key, attributes):
+                return cache.get_or_set(
+                    key, lambda: self._func(*args, **kwargs), self._ttl, tags=self._tags
+                )
+        return cache.get_or_set(
             key, lambda: self._func(*args, **kwargs), self._ttl, tags=self._tags
         )
 

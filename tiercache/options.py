@@ -157,6 +157,9 @@ class Settings:
     refresh_ahead: float | None
     none_ttl: float | None
     background_workers: int
+    telemetry: bool
+    record_keys: str | None
+    trace_l1_hits: bool
     timer: Callable[[], float] | None
 
     @classmethod
@@ -181,6 +184,9 @@ class Settings:
         refresh_ahead: object = None,
         none_ttl: object = None,
         background_workers: object = DEFAULT_BACKGROUND_WORKERS,
+        telemetry: object = True,
+        record_keys: object = None,
+        trace_l1_hits: object = True,
         timer: object = None,
     ) -> Settings:
         """Validate every option; raise `TypeError`/`ValueError` naming it."""
@@ -224,6 +230,11 @@ class Settings:
                 raise ValueError(
                     f"refresh_ahead must be between 0 and 1 (exclusive), got {refresh}"
                 )
+        for flag_name, flag in (("telemetry", telemetry), ("trace_l1_hits", trace_l1_hits)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{flag_name} must be a bool, not {flag!r}")
+        if record_keys not in (None, "hash", "raw"):
+            raise ValueError(f"record_keys must be None, 'hash' or 'raw', not {record_keys!r}")
         none_ttl_s = None if none_ttl is None else check_duration("none_ttl", none_ttl)
         if none_ttl_s is not None and none_ttl_s > ttl_s:
             raise ValueError(f"none_ttl ({none_ttl_s:g} s) must not exceed ttl ({ttl_s:g} s)")
@@ -246,6 +257,9 @@ class Settings:
             refresh_ahead=refresh,
             none_ttl=none_ttl_s,
             background_workers=_check_int("background_workers", background_workers, 1),
+            telemetry=bool(telemetry),
+            record_keys=record_keys,
+            trace_l1_hits=bool(trace_l1_hits),
             timer=timer,
         )
 
@@ -269,4 +283,7 @@ class Settings:
             "refresh_ahead": self.refresh_ahead,
             "none_ttl": self.none_ttl,
             "background_workers": self.background_workers,
+            "telemetry": self.telemetry,
+            "record_keys": self.record_keys,
+            "trace_l1_hits": self.trace_l1_hits,
         }

@@ -51,13 +51,29 @@ def namespace() -> str:
 
 @pytest.fixture(scope="module")
 def auth_server(redis_binary: str) -> Iterator[RedisServer]:
-    """A private redis-server with --requirepass and an ACL user allowed only to read."""
+    """A private redis-server with --requirepass, an ACL user allowed only to read and to use
+    pub/sub (``reader``), and one allowed to read but not to use pub/sub (``deaf``)."""
     server = RedisServer(["--requirepass", PASSWORD], binary=redis_binary).start()
     try:
         admin = server.client(password=PASSWORD)
         try:
             admin.execute_command(
-                "ACL", "SETUSER", "reader", "on", ">pw", "~*", "-@all", "+get", "+mget"
+                "ACL",
+                "SETUSER",
+                "reader",
+                "on",
+                ">pw",
+                "~*",
+                "&*",
+                "-@all",
+                "+get",
+                "+mget",
+                "+subscribe",
+                "+publish",
+                "+ping",
+            )
+            admin.execute_command(
+                "ACL", "SETUSER", "deaf", "on", ">pw", "~*", "-@all", "+get", "+mget"
             )
         finally:
             admin.close()
@@ -154,6 +170,18 @@ def test_right_password_works(auth_server: RedisServer, namespace: str) -> None:
         first.set("k", "v")
         assert second.get("k") == "v"
         assert second.stats()["l2_hits"] == 1
+
+
+def test_acl_user_without_pubsub_permission_gets_a_clear_error_naming_the_channel(
+    auth_server: RedisServer, namespace: str
+) -> None:
+    """A user that may read but not SUBSCRIBE would get a cache whose invalidations never
+    arrive: the first operation raises NoPermissionError naming the channel instead."""
+    with TierCache.from_url(_url(auth_server, "deaf:pw"), namespace=namespace) as cache:
+        with pytest.raises(NoPermissionError, match=f"tiercache:inv:{namespace}"):
+            cache.get("k")
+        with pytest.raises(NoPermissionError, match="ACL"):
+            cache.get_or_set("k", Loader())
 
 
 def test_acl_user_without_write_permission_raises_no_permission_error(

@@ -1,0 +1,457 @@
+"""OpenTelemetry spans and metrics, through ``opentelemetry-api`` only, and nearly free when
+nobody records them.
+
+Spans: every public operation opens one (`SPAN_NAMES`), with child spans for each Redis
+round trip (database semantic conventions: ``db.system.name``, ``db.operation.name``,
+``server.address``, ``server.port``) and for the loader, so the loader's own database spans
+nest under it. Attributes say which tier answered (`ATTR_TIER`: l1, l2, loader, stale) and
+whether it was a hit (`ATTR_RESULT`). Raw keys are never recorded unless asked
+(``record_keys="hash"`` records a BLAKE2b digest, ``"raw"`` the key itself).
+
+Cost. A no-op ``start_as_current_span`` costs ~3.5 us, eight L1 hits (field-notes 13), so
+the cache does not open spans while no SDK is installed: `Telemetry.refresh` asks
+``trace.get_tracer_provider()`` whether it is still the API's proxy about once a second
+(from the read path's housekeeping tick, field-notes 17), and spans for L1 hits are
+switched on by swapping the cache's ``get_or_set``/``get`` for traced versions on the
+instance, so an untraced hit pays nothing at all.
+
+Metrics: counters are observable instruments whose callbacks read the same plain counters
+as ``stats()`` (so the two always agree, and the hot path pays nothing); durations of L2
+round trips and loads are recorded in one histogram, `METRIC_DURATION` (seconds). L1 hits
+are not timed one by one: reading the clock twice would add 60% to a hit (field-notes 17);
+their count and ratio are in `METRIC_REQUESTS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Literal, Protocol, TypeVar
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import (
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    SpanKind,
+    Status,
+    StatusCode,
+)
+
+from ._version import __version__
+
+__all__ = [
+    "ATTR_COALESCED",
+    "ATTR_FUNCTION",
+    "ATTR_KEY",
+    "ATTR_KEY_HASH",
+    "ATTR_NAMESPACE",
+    "ATTR_OPERATION",
+    "ATTR_RESULT",
+    "ATTR_TIER",
+    "ATTR_VALUE_SIZE",
+    "METRIC_DURATION",
+    "METRIC_REQUESTS",
+    "SPAN_NAMES",
+    "RecordKeys",
+    "Telemetry",
+    "spanned",
+]
+
+TRACER_NAME = METER_NAME = "tiercache"
+
+SPAN_GET_OR_SET = "tiercache.get_or_set"
+SPAN_GET = "tiercache.get"
+SPAN_GET_MANY = "tiercache.get_many"
+SPAN_SET = "tiercache.set"
+SPAN_SET_MANY = "tiercache.set_many"
+SPAN_DELETE = "tiercache.delete"
+SPAN_DELETE_MANY = "tiercache.delete_many"
+SPAN_INVALIDATE_TAGS = "tiercache.invalidate_tags"
+SPAN_CLEAR = "tiercache.clear"
+SPAN_MEMOIZE = "tiercache.memoize"
+SPAN_LOAD = "tiercache.load"
+SPAN_L2_PREFIX = "tiercache.l2."  # + the lower-case Redis operation, e.g. tiercache.l2.get
+#: Every span name tiercache uses (L2 spans: ``tiercache.l2.<operation>``).
+SPAN_NAMES = (
+    SPAN_GET_OR_SET,
+    SPAN_GET,
+    SPAN_GET_MANY,
+    SPAN_SET,
+    SPAN_SET_MANY,
+    SPAN_DELETE,
+    SPAN_DELETE_MANY,
+    SPAN_INVALIDATE_TAGS,
+    SPAN_CLEAR,
+    SPAN_MEMOIZE,
+    SPAN_LOAD,
+)
+
+ATTR_NAMESPACE = "tiercache.namespace"
+ATTR_TIER = "tiercache.tier"  # l1 | l2 | loader | stale
+ATTR_RESULT = "tiercache.result"  # hit | miss | stale
+ATTR_OPERATION = "tiercache.operation"
+ATTR_KEY_HASH = "tiercache.key.hash"
+ATTR_KEY = "tiercache.key"
+ATTR_VALUE_SIZE = "tiercache.value.size"
+ATTR_COALESCED = "tiercache.coalesced"  # waited for another caller's load (single-flight)
+ATTR_KEY_COUNT = "tiercache.key.count"
+ATTR_FUNCTION = "code.function.name"
+
+METRIC_REQUESTS = "tiercache.requests"
+METRIC_DURATION = "tiercache.operation.duration"
+METRIC_LOADS = "tiercache.loads"
+METRIC_LOAD_ERRORS = "tiercache.load.errors"
+METRIC_STALE = "tiercache.stale_serves"
+METRIC_INV_SENT = "tiercache.invalidations.sent"
+METRIC_INV_RECEIVED = "tiercache.invalidations.received"
+METRIC_L2_ERRORS = "tiercache.l2.errors"
+METRIC_BREAKER = "tiercache.breaker.open"
+METRIC_L1_ENTRIES = "tiercache.l1.entries"
+
+RecordKeys = Literal["hash", "raw"] | None
+#: Seconds between two checks of whether an SDK is installed.
+REFRESH_INTERVAL = 1.0
+
+_tracer = trace.get_tracer(TRACER_NAME, __version__)
+
+
+class _Observed(Protocol):
+    """What the metric callbacks read: a cache's namespace and plain counters."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+def tracing_installed() -> bool:
+    """Whether an SDK (or any real tracer provider) is installed: public API only."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider))
+
+
+class Telemetry:
+    """The spans and duration metrics of one cache.
+
+    Since: 0.1.0
+    """
+
+    __slots__ = (
+        "_base",
+        "_l2_base",
+        "_record_keys",
+        "enabled",
+        "next_refresh",
+        "trace_l1_hits",
+        "tracing",
+    )
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        enabled: bool,
+        record_keys: RecordKeys,
+        trace_l1_hits: bool,
+        server: tuple[str, int] | None,
+    ) -> None:
+        self.enabled = enabled
+        self.trace_l1_hits = trace_l1_hits
+        self._record_keys = record_keys
+        self._base: dict[str, Any] = {ATTR_NAMESPACE: namespace}
+        self._l2_base: dict[str, Any] = {"db.system.name": "redis", ATTR_NAMESPACE: namespace}
+        if server is not None:
+            self._l2_base["server.address"], self._l2_base["server.port"] = server
+        #: Whether spans are recorded now (an SDK is installed and telemetry is on).
+        self.tracing = False
+        self.next_refresh = 0.0
+        if enabled:
+            _instruments()  # create the shared instruments once, before any recording
+
+    def refresh(self, now: float) -> bool:
+        """Re-check whether spans are recorded; True if that changed."""
+        self.next_refresh = now + REFRESH_INTERVAL
+        tracing = self.enabled and tracing_installed()
+        changed = tracing != self.tracing
+        self.tracing = tracing
+        return changed
+
+    # -- spans -------------------------------------------------------------------------
+
+    def span(
+        self, name: str, key: str | None = None, attributes: Mapping[str, Any] | None = None
+    ) -> contextlib.AbstractContextManager[trace.Span | None]:
+        """A span for one operation, or a no-op context when nothing records spans."""
+        if not self.tracing:
+            return contextlib.nullcontext()
+        return self._span(name, key, attributes)
+
+    @contextlib.contextmanager
+    def _span(
+        self, name: str, key: str | None, attributes: Mapping[str, Any] | None
+    ) -> Iterator[trace.Span | None]:
+        attrs = dict(self._base)
+        if key is not None and self._record_keys is not None:
+            attrs[ATTR_KEY_HASH if self._record_keys == "hash" else ATTR_KEY] = (
+                _digest(key) if self._record_keys == "hash" else key
+            )
+        if attributes:
+            attrs.update(attributes)
+        with _tracer.start_as_current_span(
+            name,
+            kind=SpanKind.INTERNAL,
+            attributes=attrs,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield span
+            except BaseException as exc:
+                _record_error(span, exc)
+                raise
+
+    @contextlib.contextmanager
+    def l2_span(self, operation: str) -> Iterator[None]:
+        """A client span around one Redis round trip, plus its duration metric."""
+        started = time.perf_counter()
+        try:
+            command = operation.split()[0]
+            attrs = dict(self._l2_base)
+            attrs["db.operation.name"] = command
+            attrs[ATTR_OPERATION] = operation
+            with _tracer.start_as_current_span(
+                SPAN_L2_PREFIX + command.lower(),
+                kind=SpanKind.CLIENT,
+                attributes=attrs,
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span:
+                try:
+                    yield
+                except BaseException as exc:
+                    _record_error(span, exc)
+                    raise
+        finally:
+            self.record_duration("l2", operation, time.perf_counter() - started)
+
+    @contextlib.contextmanager
+    def load_span(self) -> Iterator[None]:
+        """A span around the loader (its own spans nest under it, when spans are recorded),
+        plus its duration metric."""
+        started = time.perf_counter()
+        try:
+            if not self.tracing:
+                yield
+                return
+            with _tracer.start_as_current_span(
+                SPAN_LOAD,
+                kind=SpanKind.INTERNAL,
+                attributes=self._base,
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span:
+                try:
+                    yield
+                except BaseException as exc:
+                    _record_error(span, exc)
+                    raise
+        finally:
+            self.record_duration("loader", "load", time.perf_counter() - started)
+
+    def answered(self, tier: str, result: str, **extra: Any) -> None:
+        """Say on the current operation span which tier answered and how."""
+        if not self.tracing:
+            return
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute(ATTR_TIER, tier)
+            span.set_attribute(ATTR_RESULT, result)
+            for name, value in extra.items():
+                span.set_attribute(name, value)
+
+    def record_duration(self, tier: str, operation: str, seconds: float) -> None:
+        """One point of `METRIC_DURATION` (no-op when telemetry is off)."""
+        if not self.enabled:
+            return
+        try:
+            attrs = {
+                ATTR_NAMESPACE: self._base[ATTR_NAMESPACE],
+                ATTR_TIER: tier,
+                ATTR_OPERATION: operation,
+            }
+            _instruments().duration.record(seconds, attrs)
+        except Exception:  # telemetry must never break the cache
+            pass
+
+
+class _HasTelemetry(Protocol):
+    _telemetry: Telemetry
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def spanned(name: str) -> Callable[[F], F]:
+    """Decorate a (not hot) cache method so that it runs in a span called ``name``."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(self: _HasTelemetry, *args: Any, **kwargs: Any) -> Any:
+            with self._telemetry.span(name):
+                return method(self, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _record_error(span: trace.Span, exc: BaseException) -> None:
+    try:
+        if span.is_recording():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+    except Exception:
+        pass
+
+
+def _digest(key: str) -> str:
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+# -- metrics: shared instruments reading every live cache's counters -------------------------
+
+
+class _Instruments:
+    def __init__(self) -> None:
+        meter = metrics.get_meter(METER_NAME, __version__)
+        self.duration = meter.create_histogram(
+            METRIC_DURATION, unit="s", description="Duration of L2 round trips and loads"
+        )
+        counters: list[tuple[str, str, str, Callable[[_Observed], Iterable[Observation]]]] = [
+            (METRIC_REQUESTS, "{request}", "Reads by tier and result", _requests),
+            (METRIC_LOADS, "{load}", "Loader calls", _stat("loads")),
+            (METRIC_LOAD_ERRORS, "{load}", "Loader calls that raised", _stat("load_errors")),
+            (METRIC_STALE, "{request}", "Stale values served (fail-safe)", _stat("stale_serves")),
+            (METRIC_INV_SENT, "{message}", "Invalidation messages sent", _stat("bus_sent")),
+            (
+                METRIC_INV_RECEIVED,
+                "{message}",
+                "Invalidation messages received from other instances",
+                _received,
+            ),
+            (METRIC_L2_ERRORS, "{error}", "Failed Redis reads and writes", _l2_errors),
+        ]
+        for name, unit, description, read in counters:
+            meter.create_observable_counter(
+                name, callbacks=[_callback(read)], unit=unit, description=description
+            )
+        meter.create_observable_up_down_counter(
+            METRIC_BREAKER,
+            callbacks=[_callback(_stat("breaker_open"))],
+            unit="{instance}",
+            description="Cache instances whose circuit breaker is not closed (open or probing)",
+        )
+        meter.create_observable_up_down_counter(
+            METRIC_L1_ENTRIES,
+            callbacks=[_callback(_stat("l1_size"))],
+            unit="{entry}",
+            description="Entries held in L1",
+        )
+
+
+_observed: weakref.WeakSet[_Observed] = weakref.WeakSet()
+# Guards _made (instruments are created once per process).
+_made_lock = threading.Lock()
+_made: _Instruments | None = None
+
+
+def _instruments() -> _Instruments:
+    global _made
+    made = _made
+    if made is None:
+        with _made_lock:
+            if _made is None:
+                _made = _Instruments()
+            made = _made
+    return made
+
+
+def observe(cache: _Observed) -> None:
+    """Report ``cache``'s counters through the shared observable instruments while it lives.
+
+    Since: 0.1.0
+    """
+    _instruments()
+    _observed.add(cache)
+
+
+def forget(cache: _Observed) -> None:
+    """Stop reporting ``cache`` (it was closed).
+
+    Since: 0.1.0
+    """
+    _observed.discard(cache)
+
+
+def _callback(
+    read: Callable[[_Observed], Iterable[Observation]],
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def callback(_options: CallbackOptions) -> Iterable[Observation]:
+        # Several instances may share a namespace: one point per attribute set, summed.
+        totals: dict[frozenset[tuple[str, Any]], tuple[float, Mapping[str, Any]]] = {}
+        for cache in list(_observed):
+            try:
+                points = list(read(cache))
+            except Exception:  # a metric callback must never raise into the SDK
+                continue
+            for point in points:
+                attrs = point.attributes or {}
+                group = frozenset(attrs.items())
+                total = totals.get(group, (0, attrs))[0]
+                totals[group] = (total + point.value, attrs)
+        return [Observation(value, attrs) for value, attrs in totals.values()]
+
+    return callback
+
+
+def _stat(name: str) -> Callable[[_Observed], Iterable[Observation]]:
+    def read(cache: _Observed) -> Iterable[Observation]:
+        stats = cache.stats()
+        if name in stats:
+            yield Observation(stats[name], {ATTR_NAMESPACE: cache.namespace})
+
+    return read
+
+
+def _requests(cache: _Observed) -> Iterable[Observation]:
+    stats = cache.stats()
+    ns = cache.namespace
+    for tier, result, count in (
+        ("l1", "hit", stats["l1_hits"]),
+        ("l1", "miss", stats["l1_misses"]),
+        ("l2", "hit", stats["l2_hits"]),
+        ("l2", "miss", stats["l2_misses"]),
+        ("stale", "stale", stats["stale_serves"]),
+    ):
+        yield Observation(count, {ATTR_NAMESPACE: ns, ATTR_TIER: tier, ATTR_RESULT: result})
+
+
+def _received(cache: _Observed) -> Iterable[Observation]:
+    stats = cache.stats()
+    if "bus_received" in stats:
+        # Our own echoes are not invalidations received.
+        count = stats["bus_received"] - stats["bus_ignored"]
+        yield Observation(count, {ATTR_NAMESPACE: cache.namespace})
+
+
+def _l2_errors(cache: _Observed) -> Iterable[Observation]:
+    stats = cache.stats()
+    ns = cache.namespace
+    yield Observation(stats["l2_errors"], {ATTR_NAMESPACE: ns, ATTR_OPERATION: "read"})
+    yield Observation(stats["l2_write_errors"], {ATTR_NAMESPACE: ns, ATTR_OPERATION: "write"})
