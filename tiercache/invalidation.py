@@ -46,7 +46,6 @@ from .messages import (
     OP_PROBE,
     OP_TAGS,
     Message,
-    MessageError,
     channel_name,
     decode_message,
     encode_message,
@@ -136,6 +135,7 @@ class Bus:
         self._probe_nonce: bytes | None = None
         self._probe_deadline: float | None = None
         self._probe_due = False
+        self._confirmed_since_connect = False
         # Health, reported by stats().
         self.sent = 0
         self.publish_errors = 0
@@ -239,10 +239,10 @@ class Bus:
         while not self._stop.is_set():
             try:
                 self._connect()
-                attempt = 0
                 self._serve()
             except CONFIG_ERRORS as exc:
                 self.config_error = exc
+                self.probe_ok = False  # the bus cannot work: say so where dashboards look
                 self._settled.set()
                 self._log.warning(
                     "bus-config",
@@ -259,7 +259,10 @@ class Bus:
                 self._disconnect()
             if self._stop.is_set():
                 break
-            attempt += 1
+            # Back off from the last time a subscription was confirmed, not from connecting:
+            # a refused SUBSCRIBE or an immediate kill shows up only after _connect returns.
+            attempt = 0 if self._confirmed_since_connect else attempt + 1
+            self._confirmed_since_connect = False
             delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt)
             self._stop.wait(delay * (0.5 + random.random() / 2))
 
@@ -311,7 +314,7 @@ class Bus:
             pubsub, self._pubsub = self._pubsub, None
             was_subscribed, self.subscribed = self.subscribed, False
             self._subscribed_event.clear()
-        if was_subscribed:
+        if was_subscribed and not self._stop.is_set():
             self.losses += 1
             # Messages published from now on are lost to us: nothing cached before this
             # moment may be served; what is stored while away may (design guarantee 2).
@@ -342,6 +345,7 @@ class Bus:
 
     def _on_subscribed(self) -> None:
         self.subscriptions += 1
+        self._confirmed_since_connect = True
         # Published while we were not listening: lost. Every confirmation counts, since
         # redis-py may have reconnected and resubscribed silently.
         self._receiver.flush_l1("subscribed")
@@ -356,7 +360,7 @@ class Bus:
         self.last_message_at = time.monotonic()
         try:
             message = decode_message(raw)
-        except MessageError as exc:
+        except Exception as exc:  # anything on the channel: never let it end the listener
             self.undecodable += 1
             self._log.warning(
                 "bad-message",

@@ -28,6 +28,7 @@ __all__ = [
     "OP_KEYS",
     "OP_PROBE",
     "OP_TAGS",
+    "ORIGIN_SIZE",
     "Message",
     "MessageError",
     "channel_name",
@@ -41,6 +42,8 @@ OP_CLEAR = 2
 OP_TAGS = 3
 OP_PROBE = 4
 _OPS = {OP_KEYS, OP_CLEAR, OP_TAGS, OP_PROBE}
+#: Bytes in a publisher's instance id.
+ORIGIN_SIZE = 16
 
 
 def channel_name(namespace: str) -> str:
@@ -90,10 +93,13 @@ def decode_message(raw: object) -> Message:
     if not isinstance(fields, list) or len(fields) != 5:
         raise MessageError("not a 5-field message")
     version, origin, seq, op, data = fields
-    if version != MESSAGE_VERSION:
+    # Exact int checks: True and 1.0 compare equal to 1, and an array op is unhashable.
+    if type(version) is not int or version != MESSAGE_VERSION:
         raise MessageError(f"unknown message version {version!r}")
-    if not isinstance(origin, bytes) or type(seq) is not int or seq < 1 or op not in _OPS:
-        raise MessageError("bad origin, seq or op")
+    if not isinstance(origin, bytes) or len(origin) != ORIGIN_SIZE:
+        raise MessageError(f"bad origin, seq or op: origin must be {ORIGIN_SIZE} bytes")
+    if type(seq) is not int or seq < 1 or type(op) is not int or op not in _OPS:
+        raise MessageError("bad origin, seq or op: seq must be an int >= 1, op a known int")
     if op == OP_KEYS and not (isinstance(data, list) and all(type(k) is str for k in data)):
         raise MessageError("OP_KEYS data must be a list of str")
     if op == OP_CLEAR and type(data) is not int:
