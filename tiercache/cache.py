@@ -166,7 +166,10 @@ class TierCache(TracedReads, ReadPath):
             compress_threshold=settings.compress_threshold,
             max_value_bytes=settings.max_value_bytes,
         )
-        self._l1 = LocalTier(settings.l1_maxsize, timer or time.monotonic)
+        self._flight = SingleFlight()
+        # An invalidation also detaches the key's load in flight: a get_or_set that starts
+        # after it must not join a load that started before it.
+        self._l1 = LocalTier(settings.l1_maxsize, timer or time.monotonic, self._flight.detach)
         self._l2 = None
         self._breaker: CircuitBreaker | None = None
         if client is not None:
@@ -188,7 +191,6 @@ class TierCache(TracedReads, ReadPath):
         self._counters = Counters()
         self._l2_log = RateLimitedLog()
         self._corrupt_logged: LRUCache[str, bool] = LRUCache(maxsize=1024)
-        self._flight = SingleFlight()
         self._pending = PendingWrites()
         self._background = Background(settings.background_workers, "tiercache-load")
         # Guards _refreshing: keys with a refresh-ahead in flight in this instance.
@@ -306,6 +308,9 @@ class TierCache(TracedReads, ReadPath):
         """
         wanted = check_keys(keys, self._settings.max_key_length)
         self._check_open()
+        now = self._clock()
+        if now >= self._next_tick:
+            self._tick(now)
         self._start_listener()
         found: dict[str, Any] = {}
         missing: list[str] = []
@@ -445,16 +450,19 @@ class TierCache(TracedReads, ReadPath):
         ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
         tag_list = check_tags(tags)
         self._check_open()
-        self._counters.sets += len(keys)
         # Encoding validates every value before any I/O, in L1-only mode too, so a value
         # accepted in development is not refused in production.
         prepared = [self._codec.prepare(mapping[key]) for key in keys]
+        self._counters.sets += len(keys)
+        stale_ttl = self._settings.stale_ttl
         if self._l2 is None or self._coherence is None:
             for key in keys:
-                self._l1.fill(key, mapping[key], ttl_s, tags=tag_list)
+                self._l1.fill(key, mapping[key], ttl_s, tags=tag_list, stale_for=ttl_s + stale_ttl)
             return
         self._start_listener()
         l1_ttl = min(self._settings.l1_ttl, ttl_s)
+        if self._settings.refresh_ahead is not None:
+            l1_ttl = min(l1_ttl, ttl_s * self._settings.refresh_ahead)
         try:
             self._replay_pending()
             stamp = self._coherence.stamp(tag_list)
@@ -463,9 +471,11 @@ class TierCache(TracedReads, ReadPath):
             for key, ready in zip(keys, prepared, strict=True):
                 life = self._jittered(ttl_s)
                 blob = self._codec.frame(ready, now + life, stamp.ns_version, stamp.tags)
-                rows.append((self._prefix + key, blob, int(life * 1000)))
+                # Redis keeps the entry through its fail-safe window too.
+                rows.append((self._prefix + key, blob, int((life + stale_ttl) * 1000)))
             self._l2.set_many(rows)
             self._coherence.publish_keys(keys)
+            l1_ttl = min(l1_ttl, stamp.learned_at + self._settings.l1_ttl - self._clock())
         except L2Error as exc:
             # Redis may hold the old value, or the new one unannounced: delete it there
             # before trusting Redis again (pending.py).
@@ -476,7 +486,7 @@ class TierCache(TracedReads, ReadPath):
             # Keep our value for the full ttl: this instance keeps reading its own write.
             l1_ttl = ttl_s
         for key in keys:
-            self._l1.fill(key, mapping[key], l1_ttl, tags=tag_list)
+            self._l1.fill(key, mapping[key], l1_ttl, tags=tag_list, stale_for=ttl_s + stale_ttl)
 
     def _delete_many(self, keys: list[str]) -> None:
         self._check_open()
@@ -648,9 +658,12 @@ class TierCache(TracedReads, ReadPath):
     def _after_fork(self) -> None:
         """In a forked child: empty L1, forget loads and versions, new bus identity."""
         self._pid = os.getpid()
-        self._l1.reset_after_fork()
+        # Single-flight first: resetting L1 detaches its loads, under single-flight's lock.
         self._flight.reset_after_fork()
+        self._l1.reset_after_fork()
         self._background.reset_after_fork()
+        self._pending.reset_after_fork()
+        self._l2_log.reset_after_fork()
         self._refreshing_lock = threading.Lock()
         self._refreshing = set()
         if self._breaker is not None:

@@ -140,7 +140,7 @@ class Coherence:
     def after_fork(self) -> None:
         """Reset process-local state in a forked child."""
         self.bus.reset_after_fork()
-        self.versions.forget()
+        self.versions.reset_after_fork()
 
     def close(self) -> None:
         """Stop the listener."""

@@ -9,7 +9,7 @@ a ``threading.Event`` costs more than the rest of the bookkeeping together.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["SingleFlight"]
@@ -68,6 +68,17 @@ class SingleFlight:
             if done is not None:
                 done.set()
         return call.value, True
+
+    def detach(self, keys: Iterable[str] | None = None) -> None:
+        """Let callers from now on start a new load for ``keys`` (None: every key) instead
+        of joining one that an invalidation has made old. Callers already waiting keep it:
+        their calls overlapped the invalidation."""
+        with self._lock:
+            if keys is None:
+                self._calls.clear()
+            else:
+                for key in keys:
+                    self._calls.pop(key, None)
 
     def in_flight(self) -> int:
         """How many keys are being loaded right now."""

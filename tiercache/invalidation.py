@@ -103,7 +103,7 @@ class Bus:
 
     def __init__(self, l2: RedisTier, namespace: str, receiver: Receiver) -> None:
         self._l2 = l2
-        self.channel = channel_name(namespace)
+        self.channel = channel_name(namespace, l2.db())
         self._receiver = receiver
         self._log = RateLimitedLog()
         self._init_state()

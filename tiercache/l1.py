@@ -72,6 +72,10 @@ class Ticket:
         self.generation = record[1]
 
 
+def _ignore(_keys: Iterable[str] | None) -> None:
+    pass
+
+
 class LocalTier:
     """The L1 map with its lock, bookkeeping and generations.
 
@@ -83,15 +87,22 @@ class LocalTier:
         "_epoch",
         "_inflight",
         "_next_sweep",
+        "_on_invalidate",
         "_tag_keys",
         "_tag_refs",
         "data",
+        "held",
         "lock",
         "recent",
         "timer",
     )
 
-    def __init__(self, maxsize: int, timer: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        maxsize: int,
+        timer: Callable[[], float] = time.monotonic,
+        on_invalidate: Callable[[Iterable[str] | None], None] | None = None,
+    ) -> None:
         #: key -> (value, deadline, stale_until), times on ``timer``; read without the lock.
         self.data: dict[str, tuple[Any, float, float]] = {}
         #: Keys hit since the last fill, replayed into the LRU order by the next fill.
@@ -111,6 +122,12 @@ class LocalTier:
         self._tag_keys: dict[str, set[str]] = {}
         self._tag_refs = 0
         self._next_sweep = timer() + SWEEP_INTERVAL
+        # Told which keys (None: all) an invalidation overtook, e.g. so single-flight stops
+        # handing out loads that started before it (field-notes 16).
+        self._on_invalidate = on_invalidate or _ignore
+        #: key -> (stale value, until, tags): values served stale by the fail-safe, held for
+        #: ``fail_safe_throttle`` so the loader is not hammered; never served by get().
+        self.held: dict[str, tuple[Any, float, tuple[str, ...]]] = {}
 
     def __len__(self) -> int:
         return len(self.data)
@@ -155,6 +172,21 @@ class LocalTier:
         with self.lock:
             for ticket in tickets:
                 self._release(ticket)
+
+    def hold(
+        self, key: str, value: Any, seconds: float, ticket: Ticket, tags: Iterable[str]
+    ) -> None:
+        """Keep a value served stale for ``seconds``, unless ``ticket`` was overtaken."""
+        with self.lock:
+            if ticket.epoch == self._epoch and ticket.record[1] == ticket.generation:
+                self.held[key] = (value, self.timer() + seconds, tuple(tags))
+
+    def held_value(self, key: str) -> tuple[bool, Any]:
+        """``(True, value)`` if a stale value is held for ``key`` right now. Lock-free."""
+        held = self.held.get(key)
+        if held is not None and self.timer() < held[1]:
+            return True, held[0]
+        return False, None
 
     def still_valid(self, ticket: Ticket) -> bool:
         """Whether no invalidation or flush has overtaken ``ticket`` yet."""
@@ -202,21 +234,28 @@ class LocalTier:
 
     def invalidate(self, keys: Iterable[str]) -> None:
         """Drop ``keys`` and overtake their loads in flight."""
+        keys = list(keys)
         with self.lock:
             for key in keys:
                 self._bump(key)
                 self.data.pop(key, None)
                 self._book.pop(key, None)
+                self.held.pop(key, None)
+            self._on_invalidate(keys)
 
     def invalidate_tags(self, tags: Iterable[str]) -> None:
         """Drop the entries filled with any of ``tags`` and overtake every load in flight
         (a load does not know its tags' future, so all are refused; they still return)."""
+        tags = set(tags)
         with self.lock:
             self._epoch += 1
             for tag in tags:
                 for key in self._tag_keys.pop(tag, ()):
                     self.data.pop(key, None)
                     self._book.pop(key, None)
+            for key in [key for key, held in self.held.items() if tags.intersection(held[2])]:
+                del self.held[key]
+            self._on_invalidate(None)
 
     def flush(self) -> None:
         """Drop everything and overtake every load in flight."""
@@ -227,6 +266,8 @@ class LocalTier:
             self.recent.clear()
             self._tag_keys.clear()
             self._tag_refs = 0
+            self.held.clear()
+            self._on_invalidate(None)
 
     def reset_after_fork(self) -> None:
         """Fresh lock and empty state in a forked child (the parent's lock may be held)."""
@@ -260,6 +301,8 @@ class LocalTier:
     ) -> bool:
         if ticket is None:
             self._bump(key)
+            self.held.pop(key, None)
+            self._on_invalidate((key,))
         elif ticket.epoch != self._epoch or ticket.record[1] != ticket.generation:
             return False
         self._book[key] = None  # may evict the least recently used entry

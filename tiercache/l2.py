@@ -85,6 +85,12 @@ class RedisTier:
             return host, port
         return None
 
+    def db(self) -> int:
+        """The client's database number (0 when unknown, and always on a cluster)."""
+        kwargs = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", {})
+        db = kwargs.get("db", 0)
+        return db if isinstance(db, int) else 0
+
     def _call(self, operation: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         breaker = self.breaker
         if breaker.state != CLOSED and not breaker.allow():
@@ -150,17 +156,6 @@ class RedisTier:
         """``UNLINK`` the keys (freed in the background by Redis)."""
         if keys:
             self._call("UNLINK", self.client.unlink, *keys)
-
-    def incr_many(self, keys: Sequence[str]) -> list[int]:
-        """``INCR`` each key in one pipelined round trip; the new values."""
-
-        def pipelined() -> list[int]:
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.incr(key)
-            return [int(v) for v in pipe.execute()]
-
-        return self._call("INCR", pipelined)
 
     def publish(self, channel: str, message: bytes) -> int:
         """``PUBLISH``; the number of subscribers that received it."""

@@ -138,6 +138,11 @@ class ReadPath(ReadL2):
             if entry is not None:
                 self._telemetry.answered("l1", "hit")
                 return entry[0]
+            held, value = self._l1.held_value(key)
+            if held:  # served stale a moment ago: do not call the failing loader again yet
+                self._counters.stale_serves += 1
+                self._telemetry.answered("stale", "stale")
+                return value
             fallback = None
             if self._settings.stale_ttl > 0:
                 old = self._l1.stale(key)
@@ -379,7 +384,8 @@ class ReadPath(ReadL2):
         self._counters.stale_serves += 1
         self._telemetry.answered("stale", "stale")
         hold = min(self._settings.fail_safe_throttle, fallback.for_seconds)
-        self._l1.fill(key, fallback.value, hold, ticket, fallback.tags, fallback.for_seconds)
+        # Held apart from L1's fresh entries: get() must never return a value past its ttl.
+        self._l1.hold(key, fallback.value, hold, ticket, fallback.tags)
         return fallback.value
 
     # -- refresh-ahead -------------------------------------------------------------------
@@ -424,7 +430,8 @@ class ReadPath(ReadL2):
     ) -> None:
         assert self._coherence is not None
         coherence = self._coherence
-        if not coherence.leases.refresh_lock(self._prefix + key, self._settings.lease_ttl):
+        lock_key = f"{self._settings.namespace}#refresh:{key}"
+        if not coherence.leases.refresh_lock(lock_key, self._settings.lease_ttl):
             return  # another process is refreshing it
         stamp = coherence.stamp(tags)
         value, prepared = self._call_loader(loader)

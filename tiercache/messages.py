@@ -46,11 +46,14 @@ _OPS = {OP_KEYS, OP_CLEAR, OP_TAGS, OP_PROBE}
 ORIGIN_SIZE = 16
 
 
-def channel_name(namespace: str) -> str:
-    """The pub/sub channel of a namespace.
+def channel_name(namespace: str, db: int = 0) -> str:
+    """The pub/sub channel of a namespace in database ``db``. Pub/sub ignores databases, so
+    the channel names one: the same namespace in two databases is two different caches.
 
     Since: 0.1.0
     """
+    if db:
+        return f"tiercache:inv:{db}:{namespace}"
     return f"tiercache:inv:{namespace}"
 
 

@@ -38,6 +38,10 @@ class PendingWrites:
         #: True while something waits for replay; read without the lock on every L2 access.
         self.any = False
 
+    def reset_after_fork(self) -> None:
+        """A fresh lock in a forked child; what failed in the parent stays to be replayed."""
+        self._lock = threading.Lock()
+
     def add_keys(self, keys: Iterable[str]) -> None:
         """Remember keys whose delete (or set) did not reach Redis."""
         with self._lock:

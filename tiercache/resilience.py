@@ -124,11 +124,12 @@ class CircuitBreaker:
             )
 
     def reset(self) -> None:
-        """Closed, with no history (after a fork: the child has its own connections)."""
-        with self._lock:
-            self.state = CLOSED
-            self.consecutive = 0
-            self._probing = False
+        """Closed, with no history and a fresh lock (after a fork: the child has its own
+        connections, and a parent thread may have held the lock at fork time)."""
+        self._lock = threading.Lock()
+        self.state = CLOSED
+        self.consecutive = 0
+        self._probing = False
 
     def __repr__(self) -> str:
         return (

@@ -107,6 +107,10 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
+    def reset_after_fork(self) -> None:
+        """A fresh lock in a forked child (a parent thread may have held it)."""
+        self._lock = threading.Lock()
+
     def warning(self, category: str, message: str, *args: object) -> None:
         """Log ``message % args`` unless ``category`` was logged within the interval."""
         now = time.monotonic()

@@ -23,6 +23,16 @@ __all__ = ["NAMESPACE", "Versions"]
 #: The name under which the namespace version is kept in a `Versions` view.
 NAMESPACE = ""
 
+# max(Redis value, the caller's known version) + 1, stored and returned.
+_BUMP = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local known = tonumber(ARGV[1]) or 0
+if known > current then current = known end
+current = current + 1
+redis.call('SET', KEYS[1], current)
+return current
+"""
+
 
 class Versions:
     """A process-local view of the version counters of one namespace.
@@ -30,7 +40,7 @@ class Versions:
     Since: 0.1.0
     """
 
-    __slots__ = ("_clock", "_known", "_l2", "_lock", "_namespace", "_refresh_after")
+    __slots__ = ("_bump", "_clock", "_known", "_l2", "_lock", "_namespace", "_refresh_after")
 
     def __init__(
         self,
@@ -46,6 +56,7 @@ class Versions:
         # Guards _known: name -> (version, when it was learned on ``clock``).
         self._lock = threading.Lock()
         self._known: dict[str, tuple[int, float]] = {}
+        self._bump: object = l2.script(_BUMP)
 
     def redis_key(self, name: str) -> str:
         """The Redis key of a counter (``NAMESPACE`` or a tag)."""
@@ -102,16 +113,29 @@ class Versions:
             return True
 
     def bump(self, names: Iterable[str]) -> dict[str, int]:
-        """``INCR`` each counter in Redis and return the new versions (also learned)."""
-        ordered = list(dict.fromkeys(names))
-        new = self._l2.incr_many([self.redis_key(name) for name in ordered])
-        versions = dict(zip(ordered, new, strict=True))
-        for name, version in versions.items():
-            self.observe(name, version)
+        """Move each counter past both its Redis value and the version this process knows,
+        and return the new versions (also learned).
+
+        Not a bare ``INCR``: if a counter vanished from Redis (``FLUSHDB``, an
+        ``allkeys-*`` eviction, a manual ``DEL``), INCR would restart at 1, below what
+        running processes know, and they would ignore every later bump.
+        """
+        versions: dict[str, int] = {}
+        for name in dict.fromkeys(names):
+            with self._lock:
+                known = self._known.get(name, (0, 0.0))[0]
+            raw = self._l2.run(self._bump, "version bump", self.redis_key(name), known)
+            versions[name] = int(raw)
+            self.observe(name, versions[name])
         return versions
 
+    def reset_after_fork(self) -> None:
+        """An empty view and a fresh lock (a parent thread may have held it at fork time)."""
+        self._lock = threading.Lock()
+        self._known = {}
+
     def forget(self) -> None:
-        """Drop the local view (after a fork or a lost subscription)."""
+        """Drop the local view (after a lost subscription)."""
         with self._lock:
             self._known.clear()
 

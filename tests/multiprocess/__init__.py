@@ -1,0 +1,1 @@
+"""Cross-process tests: real OS processes (fork and spawn) against a real redis-server."""
