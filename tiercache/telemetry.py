@@ -347,9 +347,13 @@ class _Instruments:
             ),
             (METRIC_L2_ERRORS, "{error}", "Failed Redis reads and writes", _l2_errors),
         ]
+        #: Monotonic counters: a closed cache's last totals are kept (see `forget`).
+        self.monotonic: list[_Totals] = []
         for name, unit, description, read in counters:
+            totals = _Totals(read)
+            self.monotonic.append(totals)
             meter.create_observable_counter(
-                name, callbacks=[_callback(read)], unit=unit, description=description
+                name, callbacks=[totals.callback], unit=unit, description=description
             )
         meter.create_observable_up_down_counter(
             METRIC_BREAKER,
@@ -392,30 +396,72 @@ def observe(cache: _Observed) -> None:
 
 
 def forget(cache: _Observed) -> None:
-    """Stop reporting ``cache`` (it was closed).
+    """Stop reporting ``cache`` (it was closed). Its counts so far stay in the monotonic
+    counters: a sum that went down would read as a counter reset (a spike in ``rate()``).
 
     Since: 0.1.0
     """
-    _observed.discard(cache)
+    if cache in _observed:
+        _observed.discard(cache)
+        for totals in _instruments().monotonic:
+            totals.retire(cache)
+
+
+_Group = frozenset[tuple[str, Any]]
+
+
+class _Totals:
+    """One monotonic counter over every instance, live or closed, summed per attribute set."""
+
+    def __init__(self, read: Callable[[_Observed], Iterable[Observation]]) -> None:
+        self._read = read
+        # Guards _retired: the final counts of closed instances.
+        self._lock = threading.Lock()
+        self._retired: dict[_Group, tuple[float, Mapping[str, Any]]] = {}
+
+    def retire(self, cache: _Observed) -> None:
+        try:
+            points = list(self._read(cache))
+        except Exception:  # telemetry must never break close()
+            return
+        with self._lock:
+            _add(self._retired, points)
+
+    def callback(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            totals = dict(self._retired)
+        return _observe(self._read, totals)
+
+
+def _add(
+    totals: dict[_Group, tuple[float, Mapping[str, Any]]], points: Iterable[Observation]
+) -> None:
+    for point in points:
+        attrs = point.attributes or {}
+        group = frozenset(attrs.items())
+        total = totals.get(group, (0, attrs))[0]
+        totals[group] = (total + point.value, attrs)
+
+
+def _observe(
+    read: Callable[[_Observed], Iterable[Observation]],
+    totals: dict[_Group, tuple[float, Mapping[str, Any]]],
+) -> list[Observation]:
+    # Several instances may share a namespace: one point per attribute set, summed.
+    for cache in list(_observed):
+        try:
+            points = list(read(cache))
+        except Exception:  # a metric callback must never raise into the SDK
+            continue
+        _add(totals, points)
+    return [Observation(value, attrs) for value, attrs in totals.values()]
 
 
 def _callback(
     read: Callable[[_Observed], Iterable[Observation]],
 ) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def callback(_options: CallbackOptions) -> Iterable[Observation]:
-        # Several instances may share a namespace: one point per attribute set, summed.
-        totals: dict[frozenset[tuple[str, Any]], tuple[float, Mapping[str, Any]]] = {}
-        for cache in list(_observed):
-            try:
-                points = list(read(cache))
-            except Exception:  # a metric callback must never raise into the SDK
-                continue
-            for point in points:
-                attrs = point.attributes or {}
-                group = frozenset(attrs.items())
-                total = totals.get(group, (0, attrs))[0]
-                totals[group] = (total + point.value, attrs)
-        return [Observation(value, attrs) for value, attrs in totals.values()]
+        return _observe(read, {})
 
     return callback
 
