@@ -1,4 +1,4 @@
-"""Command line: ``python -m tiercache demo [--url URL]``.
+"""Command line: ``python -m tiercache demo [--url URL] [--trace]``.
 
 Since: 0.1.0
 """
@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
             "'tiercache-demo' namespace and clears it before and after."
         ),
     )
+    demo.add_argument(
+        "--trace",
+        action="store_true",
+        help=(
+            "finish by recording a load, an L1 hit, an L2 hit and a memoized call through the "
+            "OpenTelemetry SDK (pip install opentelemetry-sdk) and printing their span tree"
+        ),
+    )
     return parser
 
 
@@ -57,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         url: str | None = args.url
         try:
-            return run(url)
+            return run(url, trace=bool(args.trace))
         except BrokenPipeError:
             # Output piped into `head` or a closed pager: stop quietly, as Unix tools do.
             devnull = os.open(os.devnull, os.O_WRONLY)

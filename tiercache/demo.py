@@ -302,12 +302,139 @@ def _summary(d: _Demo) -> None:
         d.say(f"{'other' if i == 0 else '':<7} {name:<16} {sa[name]:>7,} {sb[name]:>7,}")
 
 
+# -- --trace: the same calls seen through OpenTelemetry -----------------------------------------
+
+TRACE_HINT = (
+    "--trace needs the OpenTelemetry SDK (pip install opentelemetry-sdk); "
+    "running the demo without traces."
+)
+#: Attributes printed next to each span of the tree.
+TRACE_ATTRIBUTES = ("tiercache.tier", "tiercache.result", "db.operation.name")
+PROBE_WAIT = 3.0  # seconds to wait for both instances' bus self-probes before recording
+
+
+def _sdk_available() -> bool:
+    try:
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _record_spans() -> Any:
+    """Install an SDK TracerProvider exporting to memory (or add that exporter to an SDK
+    provider already installed); the exporter, or None if a foreign provider is in place."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)  # refused (logged) if another one was set
+        if trace.get_tracer_provider() is not provider:
+            return None
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+def _span_line(span: Any, depth: int) -> str:
+    micros = (span.end_time - span.start_time) / 1000
+    attributes = span.attributes or {}
+    shown = [
+        f"{name.removeprefix('tiercache.')}={attributes[name]}"
+        for name in TRACE_ATTRIBUTES
+        if name in attributes
+    ]
+    if span.status.status_code.name == "ERROR":
+        shown.append("status=ERROR")
+    name = "  " * depth + span.name
+    return f"  {name:<34} {micros:>10,.0f} {_US}  {' '.join(shown)}".rstrip()
+
+
+def _print_tree(d: _Demo, spans: list[Any]) -> None:
+    """Each root span of ``spans`` with its descendants, indented, in start order."""
+    ids = {span.context.span_id for span in spans}
+    kids: dict[int | None, list[Any]] = {}
+    for span in sorted(spans, key=lambda s: s.start_time):
+        parent = span.parent.span_id if span.parent is not None else None
+        kids.setdefault(parent if parent in ids else None, []).append(span)
+
+    def show(span: Any, depth: int) -> None:
+        d.say(_span_line(span, depth))
+        for kid in kids.get(span.context.span_id, []):
+            show(kid, depth + 1)
+
+    for root in kids.get(None, []):
+        if not root.name.startswith("tiercache.l2."):  # the listener's self-probe PUBLISH
+            show(root, 0)
+
+
+def _traces(url: str | None, namespace: str, out: TextIO) -> None:
+    """Record a load, an L1 hit, an L2 hit and a memoized call; print their span trees."""
+    from opentelemetry import trace
+
+    title = "8. The same calls, traced (OpenTelemetry SDK, in-memory exporter)"
+    exporter = _record_spans()  # before the caches are built
+    if exporter is None:
+        print(
+            f"\n{title}\nAnother (non-SDK) tracer provider is installed: no span to show.", file=out
+        )
+        return
+    tracer = trace.get_tracer("tiercache.demo")
+
+    def load() -> dict[str, Any]:
+        with tracer.start_as_current_span("demo.db.query"):  # the application's own span
+            return load_product("product:1")
+
+    with _caches(url, namespace, out, announce=False) as (a, b):
+        d = _Demo(out, a, b)
+        d.step(title)
+        d.say("An SDK TracerProvider was installed before these new caches A and B were built")
+        d.say("(a cache decides at construction, then about once a second, whether spans are")
+        d.say("recorded). The loader opens a span of its own, demo.db.query.")
+        a.clear()
+        b.get("warm-up")  # both listeners subscribed and their self-probes back: no stray span
+        deadline = time.monotonic() + PROBE_WAIT
+        while time.monotonic() < deadline and any(
+            c.stats().get("bus_probe_ok") != 1 for c in (a, b)
+        ):
+            time.sleep(0.005)
+        price = cast("Memoized[..., Decimal]", a.memoize(ttl=60)(price_of))
+        calls: list[tuple[str, Callable[[], Any]]] = [
+            ('A.get_or_set("product:1", load): a load', partial(a.get_or_set, "product:1", load)),
+            (
+                'A.get_or_set("product:1", load): an L1 hit',
+                partial(a.get_or_set, "product:1", load),
+            ),
+            (
+                'B.get_or_set("product:1", load): an L2 hit',
+                partial(b.get_or_set, "product:1", load),
+            ),
+            ('price("sku:007"): a memoized call, loaded', partial(price, "sku:007")),
+        ]
+        try:
+            for label, call in calls:
+                exporter.clear()
+                call()
+                d.say()
+                d.say(label)
+                _print_tree(d, list(exporter.get_finished_spans()))
+        finally:
+            a.clear()
+    print(f"\nDurations in {_US}. Without an SDK the cache opens no span at all.", file=out)
+
+
 def _loader(sku: str) -> Callable[[], dict[str, Any]]:
     return lambda: load_product(sku)
 
 
 @contextmanager
-def _caches(url: str | None, namespace: str, out: TextIO) -> Iterator[tuple[TierCache, TierCache]]:
+def _caches(
+    url: str | None, namespace: str, out: TextIO, announce: bool = True
+) -> Iterator[tuple[TierCache, TierCache]]:
     """Caches A and B on one Redis (an embedded fakeredis server, or ``url``), closed after."""
     a_options: dict[str, Any] = {"namespace": namespace, "ttl": A_TTL, "l1_maxsize": L1_MAXSIZE}
     b_options: dict[str, Any] = {"namespace": namespace, "l1_ttl": B_L1_TTL}
@@ -315,19 +442,21 @@ def _caches(url: str | None, namespace: str, out: TextIO) -> Iterator[tuple[Tier
         if url is None:
             import fakeredis
 
-            print(
-                "Redis: embedded in-process fakeredis server (no --url, no TIERCACHE_URL).",
-                file=out,
-            )
-            print("  L2 calls cross no network here; pass --url redis://HOST:PORT/0", file=out)
-            print("  for real Redis numbers.", file=out)
+            if announce:
+                print(
+                    "Redis: embedded in-process fakeredis server (no --url, no TIERCACHE_URL).",
+                    file=out,
+                )
+                print("  L2 calls cross no network here; pass --url redis://HOST:PORT/0", file=out)
+                print("  for real Redis numbers.", file=out)
             server = fakeredis.FakeServer()
             client_a = stack.enter_context(fakeredis.FakeRedis(server=server))
             client_b = stack.enter_context(fakeredis.FakeRedis(server=server))
             a = stack.enter_context(TierCache(client_a, **a_options))
             b = stack.enter_context(TierCache(client_b, **b_options))
         else:
-            print(f"Redis: {_redact(url)}", file=out)
+            if announce:
+                print(f"Redis: {_redact(url)}", file=out)
             # from_url: short timeouts and no hidden retries; each cache closes its client.
             a = stack.enter_context(TierCache.from_url(url, **a_options))
             b = stack.enter_context(TierCache.from_url(url, **b_options))
@@ -358,8 +487,10 @@ def _keys_left(url: str, namespace: str) -> int | None:
         return None
 
 
-def run(url: str | None = None, out: TextIO | None = None) -> int:
+def run(url: str | None = None, out: TextIO | None = None, *, trace: bool = False) -> int:
     """Run the walk-through against ``url`` (None: embedded fakeredis); return an exit code.
+    With ``trace``, finish by recording a few calls through the OpenTelemetry SDK (if it is
+    installed) and printing their span tree.
 
     Since: 0.1.0
     """
@@ -383,6 +514,9 @@ def run(url: str | None = None, out: TextIO | None = None) -> int:
     started = time.perf_counter()
     namespace = NAMESPACE
     print(f"tiercache {__version__} demo", file=out)
+    traced = trace and _sdk_available()
+    if trace and not traced:
+        print(TRACE_HINT, file=out)
     CALLS.clear()
     with _caches(url, namespace, out) as (a, b):
         print(f'Namespace: {namespace} (Redis keys are "{namespace}:{{key}}")', file=out)
@@ -394,6 +528,8 @@ def run(url: str | None = None, out: TextIO | None = None) -> int:
             _summary(demo)
         finally:
             a.clear()
+    if traced:
+        _traces(url, namespace, out)
     print(f"\nA.clear() cleared namespace {namespace}; caches closed.", file=out)
     if url is not None:
         left = _keys_left(url, namespace)

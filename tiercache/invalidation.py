@@ -138,6 +138,8 @@ class Bus:
         self._confirmed_since_connect = False
         # Health, reported by stats().
         self.sent = 0
+        self.probes_sent = 0
+        self.probes_heard = 0
         self.publish_errors = 0
         self.received = 0
         self.ignored = 0
@@ -162,6 +164,8 @@ class Bus:
                 self.publish_errors += 1
                 raise
             self.sent += 1
+            if op == OP_PROBE:
+                self.probes_sent += 1
 
     # -- listener lifecycle ----------------------------------------------------------------
 
@@ -376,6 +380,8 @@ class Bus:
                     self.probe_ok = True
             self.ignored += 1
             return
+        if message.op == OP_PROBE:
+            self.probes_heard += 1  # another instance's start-up check: not an invalidation
         last = self._origins.get(message.origin)
         if last is not None and message.seq <= last:
             self.ignored += 1  # a duplicate or reordered old message
@@ -432,6 +438,8 @@ class Bus:
             "bus_subscriptions": self.subscriptions,
             "bus_losses": self.losses,
             "bus_sent": self.sent,
+            "bus_probes_sent": self.probes_sent,
+            "bus_probes_heard": self.probes_heard,
             "bus_publish_errors": self.publish_errors,
             "bus_received": self.received,
             "bus_ignored": self.ignored,

@@ -253,6 +253,7 @@ class LocalTier:
                 for key in self._tag_keys.pop(tag, ()):
                     self.data.pop(key, None)
                     self._book.pop(key, None)
+                    self.held.pop(key, None)
             for key in [key for key, held in self.held.items() if tags.intersection(held[2])]:
                 del self.held[key]
             self._on_invalidate(None)

@@ -120,6 +120,11 @@ class RedisTier:
         except RedisError as exc:
             breaker.success()
             raise L2Error(f"redis {operation} failed: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            # Interrupted (KeyboardInterrupt, a gevent Timeout): the outcome is unknown, and
+            # a half-open probe must report something or every later call is skipped.
+            breaker.failure()
+            raise
         breaker.success()
         return result
 

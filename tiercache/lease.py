@@ -117,6 +117,11 @@ class Leases:
         """Take the short lock that lets one process refresh a key ahead of expiry."""
         return self._l2.set_nx(lock_key, b"1", max(1, int(ttl * 1000)))
 
+    def refresh_unlock(self, lock_key: str) -> None:
+        """Release the refresh lock; errors are swallowed: it expires anyway."""
+        with contextlib.suppress(L2Error):
+            self._l2.delete([lock_key])
+
     def write(self, rkey: str, placeholder: bytes, blob: bytes, ttl_ms: int) -> bool:
         """Store ``blob`` if the lease is still ours; whether it was stored."""
         done = self._l2.run(self._write, "lease write", rkey, placeholder, blob, max(1, ttl_ms))

@@ -211,10 +211,15 @@ class ReadPath(ReadL2):
                     # Versions are taken before the load: an invalidation from now on
                     # makes what this load writes stale.
                     stamp = self._coherence.stamp(tags)
-                lease_ms = int(settings.lease_ttl * 1000)
-                placeholder = leases.acquire(rkey, seen, lease_ms, keep)
             except L2Error as exc:
                 self._read_failed(exc)
+                break
+            try:
+                lease_ms = int(settings.lease_ttl * 1000)
+                placeholder = leases.acquire(rkey, seen, lease_ms, keep)
+            except L2Error as exc:  # a write Redis refused (e.g. OOM): load without a lease
+                self._counters.l2_write_errors += 1
+                self._l2_log.warning("write", "tiercache: L2 write (lease) failed: %s", exc)
                 break
             if placeholder is not None:
                 writer = _LeaseWriter(rkey, placeholder, stamp, keep, keep_ms)
@@ -431,8 +436,28 @@ class ReadPath(ReadL2):
         assert self._coherence is not None
         coherence = self._coherence
         lock_key = f"{self._settings.namespace}#refresh:{key}"
-        if not coherence.leases.refresh_lock(lock_key, self._settings.lease_ttl):
+        # The lock ends with the refresh (finally below); its TTL only covers a crash, and is
+        # kept under the refresh window so a lost lock cannot skip the next refresh.
+        assert self._settings.refresh_ahead is not None
+        window = ttl_s * (1.0 - self._settings.refresh_ahead)
+        if not coherence.leases.refresh_lock(lock_key, min(self._settings.lease_ttl, window)):
             return  # another process is refreshing it
+        try:
+            self._reload(key, loader, ttl_s, tags, seen, ticket)
+        finally:
+            coherence.leases.refresh_unlock(lock_key)
+
+    def _reload(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl_s: float,
+        tags: list[str],
+        seen: bytes,
+        ticket: Ticket,
+    ) -> None:
+        assert self._coherence is not None
+        coherence = self._coherence
         stamp = coherence.stamp(tags)
         value, prepared = self._call_loader(loader)
         life = self._jittered(ttl_s)

@@ -55,7 +55,7 @@ class Memoized(Generic[P, R]):
         key = self._keyer(args, kwargs)
         cache = self._cache()
         telemetry = cache._telemetry
-        if telemetry.tracing:
+        if telemetry.tracing and telemetry.trace_l1_hits:
             attributes = {ATTR_FUNCTION: self._func.__qualname__}
             with telemetry.span(SPAN_MEMOIZE, key, attributes):
                 return cache.get_or_set(

@@ -49,18 +49,44 @@ __all__ = [
     "ATTR_COALESCED",
     "ATTR_FUNCTION",
     "ATTR_KEY",
+    "ATTR_KEY_COUNT",
     "ATTR_KEY_HASH",
     "ATTR_NAMESPACE",
     "ATTR_OPERATION",
     "ATTR_RESULT",
     "ATTR_TIER",
     "ATTR_VALUE_SIZE",
+    "METER_NAME",
+    "METRIC_BREAKER",
     "METRIC_DURATION",
+    "METRIC_INV_RECEIVED",
+    "METRIC_INV_SENT",
+    "METRIC_L1_ENTRIES",
+    "METRIC_L2_ERRORS",
+    "METRIC_LOADS",
+    "METRIC_LOAD_ERRORS",
     "METRIC_REQUESTS",
+    "METRIC_STALE",
+    "SPAN_CLEAR",
+    "SPAN_DELETE",
+    "SPAN_DELETE_MANY",
+    "SPAN_GET",
+    "SPAN_GET_MANY",
+    "SPAN_GET_OR_SET",
+    "SPAN_INVALIDATE_TAGS",
+    "SPAN_L2_PREFIX",
+    "SPAN_LOAD",
+    "SPAN_MEMOIZE",
     "SPAN_NAMES",
+    "SPAN_SET",
+    "SPAN_SET_MANY",
+    "TRACER_NAME",
     "RecordKeys",
     "Telemetry",
+    "forget",
+    "observe",
     "spanned",
+    "tracing_installed",
 ]
 
 TRACER_NAME = METER_NAME = "tiercache"
@@ -189,7 +215,11 @@ class Telemetry:
     ) -> contextlib.AbstractContextManager[trace.Span | None]:
         """A span for one operation, or a no-op context when nothing records spans."""
         if not self.tracing:
-            return contextlib.nullcontext()
+            # Not on the L1-hit path: operations that reach here (misses, writes) notice an
+            # SDK installed later by themselves, write-only caches included.
+            now = time.monotonic()
+            if not self.enabled or now < self.next_refresh or not self.refresh(now):
+                return contextlib.nullcontext()
         return self._span(name, key, attributes)
 
     @contextlib.contextmanager
@@ -314,6 +344,7 @@ def spanned(name: str) -> Callable[[F], F]:
 def _record_error(span: trace.Span, exc: BaseException) -> None:
     try:
         if span.is_recording():
+            span.set_attribute("error.type", type(exc).__qualname__)
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
     except Exception:
@@ -338,7 +369,7 @@ class _Instruments:
             (METRIC_LOADS, "{load}", "Loader calls", _stat("loads")),
             (METRIC_LOAD_ERRORS, "{load}", "Loader calls that raised", _stat("load_errors")),
             (METRIC_STALE, "{request}", "Stale values served (fail-safe)", _stat("stale_serves")),
-            (METRIC_INV_SENT, "{message}", "Invalidation messages sent", _stat("bus_sent")),
+            (METRIC_INV_SENT, "{message}", "Invalidation messages sent", _sent),
             (
                 METRIC_INV_RECEIVED,
                 "{message}",
@@ -488,11 +519,18 @@ def _requests(cache: _Observed) -> Iterable[Observation]:
         yield Observation(count, {ATTR_NAMESPACE: ns, ATTR_TIER: tier, ATTR_RESULT: result})
 
 
+def _sent(cache: _Observed) -> Iterable[Observation]:
+    stats = cache.stats()
+    if "bus_sent" in stats:  # start-up probes are not invalidations
+        count = stats["bus_sent"] - stats["bus_probes_sent"]
+        yield Observation(count, {ATTR_NAMESPACE: cache.namespace})
+
+
 def _received(cache: _Observed) -> Iterable[Observation]:
     stats = cache.stats()
     if "bus_received" in stats:
-        # Our own echoes are not invalidations received.
-        count = stats["bus_received"] - stats["bus_ignored"]
+        # Neither our own echoes nor other instances' start-up probes are invalidations.
+        count = stats["bus_received"] - stats["bus_ignored"] - stats["bus_probes_heard"]
         yield Observation(count, {ATTR_NAMESPACE: cache.namespace})
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -103,10 +102,10 @@ def test_pause_times_out_and_resume_recovers(
     fast_client.set("k", "v")
     fresh_redis_server.pause()
     assert fresh_redis_server.paused
-    started = time.monotonic()
+    # fast_client has no retries and a short socket_timeout: the GET raises instead of
+    # hanging (pytest-timeout bounds the test); its speed is not asserted.
     with pytest.raises(redis.TimeoutError):
         fast_client.get("k")
-    assert time.monotonic() - started < 2.0  # no hidden retries
     fresh_redis_server.resume()
     assert not fresh_redis_server.paused
     assert fast_client.get("k") == b"v"
@@ -116,9 +115,7 @@ def test_stop_while_paused_is_bounded_and_idempotent() -> None:
     """stop() ends a frozen server promptly, reaps it, and can be called again."""
     server = RedisServer().start()
     server.pause()
-    started = time.monotonic()
-    server.stop()
-    assert time.monotonic() - started < 5.0
+    server.stop()  # returns at all: SIGCONT + SIGTERM, then SIGKILL after a bounded wait
     assert not server.running
     assert server.log_path is None  # temp dir removed
     server.stop()

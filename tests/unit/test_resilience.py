@@ -1,0 +1,355 @@
+"""The circuit breaker (``resilience.py``) and how ``RedisTier._call`` reports to it.
+
+Every cooldown runs on a fake clock; concurrency is driven by Events with bounded waits.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+from redis.exceptions import AuthenticationError, NoPermissionError
+
+from tiercache import L2Error
+from tiercache.errors import CircuitOpenError
+from tiercache.l2 import RedisTier
+from tiercache.resilience import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+
+WAIT = 10.0  # upper bound of every wait on an Event or a join, in seconds
+
+
+class FakeClock:
+    """A settable clock for the breaker's cooldown."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def breaker(clock: FakeClock) -> CircuitBreaker:
+    return CircuitBreaker(failures=3, reset_after=5.0, clock=clock)
+
+
+@pytest.fixture
+def tier(breaker: CircuitBreaker) -> RedisTier:
+    return RedisTier(fakeredis.FakeRedis(server=fakeredis.FakeServer()), breaker)
+
+
+def unreachable() -> Any:
+    raise redis.ConnectionError("connection refused")
+
+
+def timed_out() -> Any:
+    raise redis.TimeoutError("timed out")
+
+
+def answered() -> str:
+    return "PONG"
+
+
+def error_reply() -> Any:
+    raise redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+
+
+def open_breaker(breaker: CircuitBreaker) -> None:
+    for _ in range(3):
+        breaker.failure()
+    assert breaker.state == OPEN
+
+
+# -- the state machine ---------------------------------------------------------------------
+
+
+def test_breaker_starts_closed_and_allows_calls(breaker: CircuitBreaker) -> None:
+    """A new breaker is closed and lets every call through without counting a skip."""
+    assert breaker.state == CLOSED
+    assert all(breaker.allow() for _ in range(10))
+    assert breaker.skipped == 0
+    assert breaker.opens == 0
+
+
+def test_breaker_opens_after_n_consecutive_failures(breaker: CircuitBreaker) -> None:
+    """failures-1 consecutive failures keep it closed; the failures-th opens it once."""
+    breaker.failure()
+    breaker.failure()
+    assert breaker.state == CLOSED
+    assert breaker.allow()
+
+    breaker.failure()
+
+    assert breaker.state == OPEN
+    assert breaker.opens == 1
+
+
+def test_success_resets_the_consecutive_failure_count(breaker: CircuitBreaker) -> None:
+    """Failures separated by a success never add up to an open breaker."""
+    for _ in range(5):
+        breaker.failure()
+        breaker.failure()
+        breaker.success()
+    assert breaker.state == CLOSED
+    assert breaker.opens == 0
+    assert breaker.consecutive == 0
+
+
+def test_open_breaker_skips_calls_and_counts_them(breaker: CircuitBreaker) -> None:
+    """While open (before reset_after), allow() is False and every refusal is counted."""
+    open_breaker(breaker)
+
+    assert [breaker.allow() for _ in range(4)] == [False] * 4
+    assert breaker.skipped == 4
+    assert breaker.state == OPEN
+
+
+def test_one_probe_is_let_through_after_reset_after(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """Just before reset_after nothing passes; at reset_after exactly one call passes
+    (half-open) and the next ones are still skipped."""
+    open_breaker(breaker)
+    clock.advance(4.999)
+    assert not breaker.allow()
+
+    clock.advance(0.001)
+
+    assert breaker.allow()
+    assert breaker.state == HALF_OPEN
+    assert not breaker.allow()
+    assert not breaker.allow()
+    assert breaker.skipped == 3
+
+
+def test_probe_success_closes_the_breaker(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    """A successful probe closes the breaker with a clean failure count."""
+    open_breaker(breaker)
+    clock.advance(5.0)
+    assert breaker.allow()
+
+    breaker.success()
+
+    assert breaker.state == CLOSED
+    assert breaker.consecutive == 0
+    assert breaker.allow()
+    # A single failure after closing does not reopen it: the count started over.
+    breaker.failure()
+    assert breaker.state == CLOSED
+
+
+def test_probe_failure_reopens_the_breaker_for_another_reset_after(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """A failed probe opens the breaker again at once (one failure is enough) and the
+    cooldown starts over from the probe's failure."""
+    open_breaker(breaker)
+    clock.advance(5.0)
+    assert breaker.allow()
+
+    breaker.failure()
+
+    assert breaker.state == OPEN
+    assert breaker.opens == 2
+    clock.advance(4.9)
+    assert not breaker.allow()
+    clock.advance(0.1)
+    assert breaker.allow()
+    assert breaker.state == HALF_OPEN
+
+
+def test_reset_closes_the_breaker_and_forgets_failures(breaker: CircuitBreaker) -> None:
+    """reset() (used after a fork) closes it and forgets the consecutive failures."""
+    open_breaker(breaker)
+    breaker.reset()
+    assert breaker.state == CLOSED
+    assert breaker.allow()
+    breaker.failure()
+    breaker.failure()
+    assert breaker.state == CLOSED  # two failures after the reset, not five
+    breaker.failure()
+    assert breaker.state == OPEN
+
+
+def test_repr_names_the_settings_and_state(breaker: CircuitBreaker) -> None:
+    """The repr shows failures, reset_after and the state by name."""
+    assert repr(breaker) == "CircuitBreaker(failures=3, reset_after=5, state='closed')"
+    open_breaker(breaker)
+    assert "state='open'" in repr(breaker)
+
+
+# -- RedisTier._call: what counts as a failure ---------------------------------------------
+
+
+@pytest.mark.parametrize("error", [unreachable, timed_out], ids=["connection", "timeout"])
+def test_unreachable_redis_counts_as_failure_and_raises_l2_error(
+    tier: RedisTier, breaker: CircuitBreaker, error: Any
+) -> None:
+    """Connection errors and timeouts become L2Error (cause kept) and count as failures."""
+    with pytest.raises(L2Error) as excinfo:
+        tier._call("GET", error)
+    assert isinstance(excinfo.value.__cause__, (redis.ConnectionError, redis.TimeoutError))
+    assert not isinstance(excinfo.value, CircuitOpenError)
+    assert breaker.consecutive == 1
+
+
+def test_three_unreachable_calls_open_the_breaker_and_the_fourth_is_not_attempted(
+    tier: RedisTier, breaker: CircuitBreaker
+) -> None:
+    """Once open, _call raises CircuitOpenError without calling the function at all."""
+    for _ in range(3):
+        with pytest.raises(L2Error):
+            tier._call("GET", unreachable)
+    calls: list[int] = []
+
+    with pytest.raises(CircuitOpenError):
+        tier._call("GET", lambda: calls.append(1))
+
+    assert calls == []
+    assert breaker.state == OPEN
+    assert breaker.skipped == 1
+
+
+def test_error_reply_counts_as_success(tier: RedisTier, breaker: CircuitBreaker) -> None:
+    """An error reply (OOM, WRONGTYPE) raises L2Error but proves Redis is there: it resets
+    the failure count, so failures around it never open the breaker."""
+    for _ in range(4):
+        with pytest.raises(L2Error):
+            tier._call("GET", unreachable)
+        with pytest.raises(L2Error):
+            tier._call("GET", unreachable)
+        with pytest.raises(L2Error) as excinfo:
+            tier._call("SET", error_reply)
+        assert isinstance(excinfo.value.__cause__, redis.ResponseError)
+    assert breaker.state == CLOSED
+    assert breaker.opens == 0
+
+
+def test_error_reply_to_the_probe_closes_the_breaker(
+    tier: RedisTier, breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """A half-open probe answered with an error reply closes the breaker."""
+    open_breaker(breaker)
+    clock.advance(5.0)
+    with pytest.raises(L2Error):
+        tier._call("SET", error_reply)
+    assert breaker.state == CLOSED
+
+
+@pytest.mark.parametrize(
+    "error",
+    [AuthenticationError("invalid password"), NoPermissionError("no permissions for SET")],
+    ids=["auth", "acl"],
+)
+def test_config_errors_propagate_unchanged_and_do_not_open_the_breaker(
+    tier: RedisTier, breaker: CircuitBreaker, error: Exception
+) -> None:
+    """Wrong credentials / ACL refusals are raised as themselves (not L2Error) and count as
+    an answer from Redis, never against it."""
+
+    def refused() -> Any:
+        raise error
+
+    for _ in range(5):
+        with pytest.raises(type(error)) as excinfo:
+            tier._call("GET", refused)
+        assert excinfo.value is error
+        assert not isinstance(excinfo.value, L2Error)
+    assert breaker.state == CLOSED
+    assert breaker.opens == 0
+
+
+def test_probe_success_through_call_closes_the_breaker(
+    tier: RedisTier, breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """After reset_after, the next _call is the probe: its answer is returned and closes
+    the breaker."""
+    open_breaker(breaker)
+    with pytest.raises(CircuitOpenError):
+        tier._call("GET", answered)
+    clock.advance(5.0)
+
+    assert tier._call("GET", answered) == "PONG"
+
+    assert breaker.state == CLOSED
+
+
+def test_concurrent_callers_are_skipped_while_the_probe_is_in_flight(
+    tier: RedisTier, breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """While one probe is waiting for Redis, every other caller gets CircuitOpenError at
+    once; when the probe succeeds, calls go through again."""
+    open_breaker(breaker)
+    clock.advance(5.0)
+    probing = threading.Event()
+    release = threading.Event()
+    results: list[Any] = []
+
+    def slow_probe() -> str:
+        probing.set()
+        assert release.wait(WAIT)
+        return "PONG"
+
+    prober = threading.Thread(target=lambda: results.append(tier._call("GET", slow_probe)))
+    prober.start()
+    try:
+        assert probing.wait(WAIT)
+        assert breaker.state == HALF_OPEN
+        others: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                tier._call("GET", answered)
+            except CircuitOpenError as exc:
+                others.append(exc)
+
+        threads = [threading.Thread(target=other) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        assert len(others) == 4
+        assert breaker.state == HALF_OPEN
+    finally:
+        release.set()
+        prober.join(WAIT)
+    assert results == ["PONG"]
+    assert breaker.state == CLOSED
+    assert tier._call("GET", answered) == "PONG"
+
+
+def test_breaker_recovers_after_a_probe_that_raised_a_non_redis_exception(
+    tier: RedisTier, breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """A probe that dies of an unexpected exception must not wedge the breaker: after
+    another reset_after a new probe is let through."""
+    open_breaker(breaker)
+    clock.advance(5.0)
+
+    def interrupted() -> Any:
+        raise RuntimeError("not a Redis error")
+
+    with pytest.raises(RuntimeError):
+        tier._call("GET", interrupted)
+    clock.advance(5.0)
+
+    assert tier._call("GET", answered) == "PONG"
+    assert breaker.state == CLOSED
+
+
+def test_redis_tier_without_a_breaker_gets_a_default_one() -> None:
+    """RedisTier(client) builds a closed default breaker (5 failures, 5 s)."""
+    tier = RedisTier(fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    assert tier.breaker.state == CLOSED
+    assert repr(tier.breaker) == "CircuitBreaker(failures=5, reset_after=5, state='closed')"
