@@ -443,28 +443,15 @@ class ReadPath(ReadL2):
         if not coherence.leases.refresh_lock(lock_key, min(self._settings.lease_ttl, window)):
             return  # another process is refreshing it
         try:
-            self._reload(key, loader, ttl_s, tags, seen, ticket)
+            stamp = coherence.stamp(tags)
+            value, prepared = self._call_loader(loader)
+            life = self._jittered(ttl_s)
+            stale_for = life + self._settings.stale_ttl
+            blob = self._codec.frame(prepared, self._wall() + life, stamp.ns_version, stamp.tags)
+            # Replace only the exact bytes we saw: a set/delete meanwhile wins (guarantee 3).
+            if coherence.leases.replace(self._prefix + key, seen, blob, int(stale_for * 1000)):
+                self._counters.refreshes += 1
+                l1_ttl = min(self._settings.l1_ttl, life * self._settings.refresh_ahead)
+                self._l1.fill(key, value, l1_ttl, ticket, tags, stale_for)
         finally:
             coherence.leases.refresh_unlock(lock_key)
-
-    def _reload(
-        self,
-        key: str,
-        loader: Callable[[], Any],
-        ttl_s: float,
-        tags: list[str],
-        seen: bytes,
-        ticket: Ticket,
-    ) -> None:
-        assert self._coherence is not None
-        coherence = self._coherence
-        stamp = coherence.stamp(tags)
-        value, prepared = self._call_loader(loader)
-        life = self._jittered(ttl_s)
-        stale_for = life + self._settings.stale_ttl
-        blob = self._codec.frame(prepared, self._wall() + life, stamp.ns_version, stamp.tags)
-        # Replace only the exact bytes we saw: a set/delete meanwhile wins (guarantee 3).
-        if coherence.leases.replace(self._prefix + key, seen, blob, int(stale_for * 1000)):
-            self._counters.refreshes += 1
-            l1_ttl = min(self._settings.l1_ttl, life * (self._settings.refresh_ahead or 1.0))
-            self._l1.fill(key, value, l1_ttl, ticket, tags, stale_for)

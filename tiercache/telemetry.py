@@ -233,66 +233,40 @@ class Telemetry:
             )
         if attributes:
             attrs.update(attributes)
-        with _tracer.start_as_current_span(
-            name,
-            kind=SpanKind.INTERNAL,
-            attributes=attrs,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                yield span
-            except BaseException as exc:
-                _record_error(span, exc)
-                raise
+        with _recorded(name, SpanKind.INTERNAL, attrs) as span:
+            yield span
 
     @contextlib.contextmanager
     def l2_span(self, operation: str) -> Iterator[None]:
         """A client span around one Redis round trip, plus its duration metric."""
-        started = time.perf_counter()
-        try:
-            command = operation.split()[0]
-            attrs = dict(self._l2_base)
-            attrs["db.operation.name"] = command
-            attrs[ATTR_OPERATION] = operation
-            with _tracer.start_as_current_span(
-                SPAN_L2_PREFIX + command.lower(),
-                kind=SpanKind.CLIENT,
-                attributes=attrs,
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
-                try:
-                    yield
-                except BaseException as exc:
-                    _record_error(span, exc)
-                    raise
-        finally:
-            self.record_duration("l2", operation, time.perf_counter() - started)
+        command = operation.split()[0]
+        attrs = dict(self._l2_base)
+        attrs["db.operation.name"] = command
+        attrs[ATTR_OPERATION] = operation
+        with (
+            self._timed("l2", operation),
+            _recorded(SPAN_L2_PREFIX + command.lower(), SpanKind.CLIENT, attrs),
+        ):
+            yield
 
     @contextlib.contextmanager
     def load_span(self) -> Iterator[None]:
         """A span around the loader (its own spans nest under it, when spans are recorded),
         plus its duration metric."""
-        started = time.perf_counter()
-        try:
+        with self._timed("loader", "load"):
             if not self.tracing:
                 yield
                 return
-            with _tracer.start_as_current_span(
-                SPAN_LOAD,
-                kind=SpanKind.INTERNAL,
-                attributes=self._base,
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
-                try:
-                    yield
-                except BaseException as exc:
-                    _record_error(span, exc)
-                    raise
+            with _recorded(SPAN_LOAD, SpanKind.INTERNAL, self._base):
+                yield
+
+    @contextlib.contextmanager
+    def _timed(self, tier: str, operation: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
         finally:
-            self.record_duration("loader", "load", time.perf_counter() - started)
+            self.record_duration(tier, operation, time.perf_counter() - started)
 
     def answered(self, tier: str, result: str, **extra: Any) -> None:
         """Say on the current operation span which tier answered and how."""
@@ -339,6 +313,23 @@ def spanned(name: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+@contextlib.contextmanager
+def _recorded(name: str, kind: SpanKind, attributes: Mapping[str, Any]) -> Iterator[trace.Span]:
+    """A current span that records an exception escaping it (status ERROR, error.type)."""
+    with _tracer.start_as_current_span(
+        name,
+        kind=kind,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            _record_error(span, exc)
+            raise
 
 
 def _record_error(span: trace.Span, exc: BaseException) -> None:
