@@ -10,6 +10,9 @@ Backends:
   ``fresh_redis_server``: a private one per test, for tests that kill, pause or restart it;
   ``redis_binary``: the binary's path, for tests that build their own ``RedisServer``.
 
+Per test: ``namespace``, a unique namespace; ``clock``, a :class:`~tests.support.FakeClock`
+(plain helpers live in ``tests/support.py``).
+
 Without ``redis-server`` on PATH, real-Redis tests are skipped with a reason, unless ``CI=true``
 or ``TIERCACHE_REQUIRE_REDIS=1``, where they fail: CI must not go green by skipping them.
 """
@@ -26,6 +29,7 @@ import pytest
 import redis
 
 from tests.redis_server import RedisServer, find_redis_server
+from tests.support import FakeClock, unique_namespace
 
 
 def _redis_required() -> bool:
@@ -73,24 +77,25 @@ def redis_binary() -> str:
     return _require_redis_binary()
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One real redis-server for the whole session (free loopback port, temp dir)."""
+def _running_redis_server() -> Iterator[RedisServer]:
+    """A started RedisServer, stopped when the fixture using it ends."""
     server = _start_redis_server()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the whole session (free loopback port, temp dir)."""
+    yield from _running_redis_server()
 
 
 @pytest.fixture
 def fresh_redis_server() -> Iterator[RedisServer]:
     """A private real redis-server for one test, free to be killed, paused or restarted."""
-    server = _start_redis_server()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running_redis_server()
 
 
 @pytest.fixture
@@ -123,6 +128,18 @@ def redis_client(request: pytest.FixtureRequest) -> redis.Redis:
     """The same test on fakeredis and on the real server (marked ``redis``)."""
     client: redis.Redis = request.getfixturevalue(f"{request.param}_redis")
     return client
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace of this test's own, so that no test reads another's keys or hears its bus."""
+    return unique_namespace()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock at :data:`tests.support.START`, for ``timer=`` and a breaker's ``clock=``."""
+    return FakeClock()
 
 
 def _reset_default_cache() -> None:

@@ -45,7 +45,6 @@ class WritePath:
         def _check_open(self) -> None: ...
         def _start_listener(self) -> None: ...
         def _jittered(self, ttl_s: float) -> float: ...
-        def _read_failed(self, exc: L2Error) -> None: ...
 
     def _set_many(
         self, keys: list[str], mapping: Mapping[str, Any], ttl: Duration | None, tags: Any
@@ -134,7 +133,14 @@ class WritePath:
         try:
             self._replay_pending()
         except L2Error as exc:
-            self._read_failed(exc)
+            # Not counted again: the write was counted when it first failed.
+            if not isinstance(exc, CircuitOpenError):
+                self._l2_log.warning(
+                    "replay",
+                    "tiercache: Redis still refuses a write that failed earlier; reading from "
+                    "L1 and the loader until it is replayed: %s",
+                    exc,
+                )
             return False
         return True
 

@@ -11,8 +11,8 @@ import json
 import logging
 import pickle
 import threading
-import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import fakeredis
@@ -22,42 +22,16 @@ import redis
 import zstandard
 
 import tiercache
+from tests.support import (
+    MISSING,
+    WAIT,
+    BoomError,
+    CacheFactory,
+    FakeClock,
+    Loader,
+    run_threads,
+)
 from tiercache import TierCache
-
-# Upper bound of every wait on an Event, a Barrier or a thread join, in seconds.
-WAIT = 10.0
-START = 1_700_000_000.0  # fake wall/monotonic clock start, a realistic epoch
-
-MISSING = object()
-
-
-class FakeClock:
-    """A settable clock for ``timer=``: L1 deadlines and logical L2 expiry both follow it."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class Loader:
-    """A loader that counts its calls and returns ``value``."""
-
-    def __init__(self, value: Any = "loaded") -> None:
-        self.value = value
-        self.calls = 0
-
-    def __call__(self) -> Any:
-        self.calls += 1
-        return self.value
-
-
-class BoomError(Exception):
-    """A loader's own exception type."""
 
 
 def raw_key(namespace: str, key: str) -> bytes:
@@ -65,33 +39,12 @@ def raw_key(namespace: str, key: str) -> bytes:
 
 
 @pytest.fixture
-def namespace() -> str:
-    return "t" + uuid.uuid4().hex[:12]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def make_cache(
     redis_client: redis.Redis, namespace: str, clock: FakeClock
 ) -> Iterator[Callable[..., TierCache]]:
     """Build caches on the test's Redis, namespace and clock; close them all afterwards."""
-    made: list[TierCache] = []
-
-    def make(**options: Any) -> TierCache:
-        client = options.pop("client", redis_client)
-        options.setdefault("namespace", namespace)
-        options.setdefault("timer", clock)
-        cache = TierCache(client, **options)
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        cache.close()
+    with CacheFactory(redis_client, namespace=namespace, timer=clock) as make:
+        yield make
 
 
 @pytest.fixture
@@ -107,20 +60,10 @@ def make_down_cache(
     down_server: fakeredis.FakeServer, namespace: str, clock: FakeClock
 ) -> Iterator[Callable[..., TierCache]]:
     """Build caches on a fakeredis client whose server is down."""
-    made: list[tuple[TierCache, fakeredis.FakeRedis]] = []
-
-    def make(**options: Any) -> TierCache:
-        client = fakeredis.FakeRedis(server=down_server)
-        options.setdefault("namespace", namespace)
-        options.setdefault("timer", clock)
-        cache = TierCache(client, **options)
-        made.append((cache, client))
-        return cache
-
-    yield make
-    for cache, client in made:
-        cache.close()
-        client.close()
+    with CacheFactory(
+        connect=lambda: fakeredis.FakeRedis(server=down_server), namespace=namespace, timer=clock
+    ) as make:
+        yield make
 
 
 # -- get_or_set ----------------------------------------------------------------------------
@@ -923,15 +866,6 @@ def test_clear_during_a_redis_blip_is_not_undone_when_redis_is_back(flaky, names
 # -- single-flight (guarantee 4, in-process) ---------------------------------------------------
 
 
-def _run_threads(count: int, target: Callable[[int], None]) -> None:
-    threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(WAIT)
-    assert not any(t.is_alive() for t in threads), "a thread is stuck"
-
-
 def test_concurrent_misses_on_a_cold_key_run_the_loader_once(make_cache) -> None:
     """100 threads missing the same key together cause one loader call and share its value."""
     cache = make_cache()
@@ -961,7 +895,7 @@ def test_concurrent_misses_on_a_cold_key_run_the_loader_once(make_cache) -> None
         except BaseException as exc:
             errors.append(exc)
 
-    _run_threads(count, worker)
+    run_threads(partial(worker, i) for i in range(count))
 
     assert errors == []
     assert len(calls) == 1
@@ -998,7 +932,7 @@ def test_loader_exception_reaches_every_waiting_caller(make_cache) -> None:
         except BaseException as exc:
             outcomes[i] = exc
 
-    _run_threads(count, worker)
+    run_threads(partial(worker, i) for i in range(count))
 
     assert all(isinstance(o, BoomError) for o in outcomes), outcomes
     assert {id(o) for o in outcomes} <= {id(e) for e in raised}
@@ -1026,7 +960,7 @@ def test_different_keys_load_in_parallel(make_cache) -> None:
         key = "ab"[i]
         results[key] = cache.get_or_set(key, loads[key])
 
-    _run_threads(2, worker)
+    run_threads(partial(worker, i) for i in range(2))
 
     assert results == {"a": True, "b": True}
 

@@ -13,8 +13,6 @@ awaited by bounded polling. Tests that need Redis down use fakeredis
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,43 +21,21 @@ import pytest
 import redis
 
 import tiercache
+from tests.support import (
+    MISSING,
+    WAIT,
+    BoomError,
+    CacheFactory,
+    FakeClock,
+    Loader,
+    wait_until,
+)
 from tiercache import Breaker, LoaderTimeoutError, TierCache
 
-WAIT = 10.0  # upper bound of every wait on an Event, a Barrier, a join or a poll, seconds
 XFAIL_WAIT = 2.0  # bound of polls in tests expected to fail (keeps the run short)
-START = 1_700_000_000.0
 TTL = 10.0
 STALE_TTL = 60.0
 TINY = 0.05  # soft/hard timeouts under test
-MISSING = object()
-
-
-class FakeClock:
-    """A settable clock for ``timer=``: L1 deadlines, logical expiry and the breaker."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class Loader:
-    """Counts its calls; returns ``value``, or raises ``error`` (the same object each time)."""
-
-    def __init__(self, value: Any = "loaded", error: BaseException | None = None) -> None:
-        self.value = value
-        self.error = error
-        self.calls = 0
-
-    def __call__(self) -> Any:
-        self.calls += 1
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 class Gated:
@@ -86,20 +62,6 @@ class Gated:
             self.done.set()
 
 
-class BoomError(Exception):
-    """A loader's own exception type."""
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` passes; whether it became true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.002)
-    return predicate()
-
-
 def outcome(call: Callable[[], Any]) -> Any:
     """The value ``call`` returns, or the exception it raises."""
     try:
@@ -109,36 +71,13 @@ def outcome(call: Callable[[], Any]) -> Any:
 
 
 @pytest.fixture
-def namespace() -> str:
-    return "fs" + uuid.uuid4().hex[:12]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def make_cache(
     redis_client: redis.Redis, namespace: str, clock: FakeClock
 ) -> Iterator[Callable[..., TierCache]]:
     """Caches on the test's backend, namespace and clock, each with its listener subscribed
     (so the flush at subscription cannot drop what the test caches); closed afterwards."""
-    made: list[TierCache] = []
-
-    def make(**options: Any) -> TierCache:
-        options.setdefault("namespace", namespace)
-        options.setdefault("timer", clock)
-        options.setdefault("ttl", TTL)
-        cache = TierCache(options.pop("client", redis_client), **options)
-        made.append(cache)
-        cache.get("__settle__")
-        assert wait_until(lambda: cache.stats()["bus_subscribed"] == 1)
-        return cache
-
-    yield make
-    for cache in made:
-        cache.close()
+    with CacheFactory(redis_client, settle=True, namespace=namespace, timer=clock, ttl=TTL) as make:
+        yield make
 
 
 @pytest.fixture
@@ -151,21 +90,13 @@ def make_fake_cache(
     fake_server: fakeredis.FakeServer, namespace: str, clock: FakeClock
 ) -> Iterator[Callable[..., TierCache]]:
     """Caches on a fakeredis server the test can take down (``connected = False``)."""
-    made: list[tuple[TierCache, fakeredis.FakeRedis]] = []
-
-    def make(**options: Any) -> TierCache:
-        client = fakeredis.FakeRedis(server=fake_server)
-        options.setdefault("namespace", namespace)
-        options.setdefault("timer", clock)
-        options.setdefault("ttl", TTL)
-        cache = TierCache(client, **options)
-        made.append((cache, client))
-        return cache
-
-    yield make
-    for cache, client in made:
-        cache.close()
-        client.close()
+    with CacheFactory(
+        connect=lambda: fakeredis.FakeRedis(server=fake_server),
+        namespace=namespace,
+        timer=clock,
+        ttl=TTL,
+    ) as make:
+        yield make
 
 
 # -- fail-safe: a loader error after expiry serves the stale value -------------------------
@@ -682,6 +613,9 @@ def test_breaker_opens_after_n_failures_and_skips_redis_while_the_loader_serves(
     in l2_skipped, not l2_errors) and every caller still gets the loader's value."""
     cache = make_fake_cache(breaker=Breaker(failures=3, reset_after=5))
     assert cache.get_or_set("warm", Loader("w")) == "w"
+    # The listener's start-up probe is a Redis call too: let it finish before Redis goes
+    # away, or its failure would count towards the breaker.
+    assert wait_until(lambda: cache.stats()["bus_probe_ok"] == 1)
     fake_server.connected = False
 
     for i in range(3):

@@ -10,7 +10,6 @@ import re
 import select
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -21,58 +20,27 @@ import redis
 from redis.exceptions import NoPermissionError
 
 from tests.redis_server import RedisServer
+from tests.support import WAIT, CacheFactory, Loader, subscribed, wait_until
 from tiercache import TierCache, invalidation
 from tiercache.messages import MESSAGE_VERSION, OP_KEYS, channel_name, encode_message
 
 pytestmark = pytest.mark.redis
 
-BOUND = 10.0  # seconds: upper bound of every wait for asynchronous state
 FAKE_ORIGIN = b"\xfa" * 16  # another instance, speaking the wire format by hand
 OTHER_ORIGIN = b"\xfb" * 16
 
 MakeCache = Callable[..., TierCache]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = BOUND) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes; whether it became true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return bool(predicate())
-
-
-class Loader:
-    """A loader that counts its calls and returns ``value``."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-        self.calls = 0
-
-    def __call__(self) -> Any:
-        self.calls += 1
-        return self.value
-
-
-@pytest.fixture
-def namespace() -> str:
-    return "bus" + uuid.uuid4().hex[:12]
-
-
 @pytest.fixture
 def make_cache(namespace: str) -> Iterator[MakeCache]:
     """Build ``TierCache.from_url`` caches on the test's namespace; all closed afterwards."""
-    caches: list[TierCache] = []
+    with CacheFactory(namespace=namespace) as factory:
 
-    def make(server: RedisServer, url: str | None = None, **options: Any) -> TierCache:
-        cache = TierCache.from_url(url or server.url, namespace=namespace, **options)
-        caches.append(cache)
-        return cache
+        def make(server: RedisServer, url: str | None = None, **options: Any) -> TierCache:
+            return factory(client=url or server.url, **options)
 
-    yield make
-    for cache in caches:
-        cache.close()
+        yield make
 
 
 @pytest.fixture
@@ -87,8 +55,7 @@ def admin(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 def started(cache: TierCache) -> TierCache:
     """Use ``cache`` once and wait until its listener subscribed and heard its own probe."""
-    cache.get("first-use")
-    assert wait_until(lambda: cache.stats()["bus_probe_ok"] == 1), cache.stats()
+    subscribed(cache, probe=True)
     return cache
 
 
@@ -461,7 +428,7 @@ def test_busy_reader_thread_sees_another_instances_invalidation(
     errors: list[BaseException] = []
 
     def hammer() -> None:
-        deadline = time.monotonic() + BOUND
+        deadline = time.monotonic() + WAIT
         reads = 0
         try:
             while time.monotonic() < deadline:
@@ -479,12 +446,12 @@ def test_busy_reader_thread_sees_another_instances_invalidation(
     thread = threading.Thread(target=hammer, name="busy-reader")
     thread.start()
     try:
-        assert warmed.wait(BOUND)
+        assert warmed.wait(WAIT)
         assert stat(reader, "l1_hits") >= 1000  # the reader is on the L1-hit path
         writer.set("k", "new")
-        assert seen.wait(BOUND)
+        assert seen.wait(WAIT)
     finally:
-        thread.join(BOUND)
+        thread.join(WAIT)
     assert not thread.is_alive()
     assert errors == []
     assert loader.calls == 0
@@ -511,7 +478,7 @@ class ParkableListener:
             def poll(self, timeout_ms: int) -> list[tuple[int, int]]:
                 if gate.park.is_set() and not gate.release.is_set():
                     gate.parked.set()
-                    gate.release.wait(BOUND)
+                    gate.release.wait(WAIT)
                 return real.poll(timeout_ms)
 
         return Poller()
@@ -534,7 +501,7 @@ def test_drain_applies_a_pending_message_while_the_listener_is_parked(
 
     gate.park.set()
     try:
-        assert gate.parked.wait(BOUND)
+        assert gate.parked.wait(WAIT)
         received = stat(reader, "bus_received")
         writer.set("k", "new")
         assert stat(reader, "l1_size") == 1  # nobody has applied it yet
@@ -571,7 +538,7 @@ def test_close_stops_the_listener_and_unsubscribes(
 
     cache.close()
 
-    threads[0].join(BOUND)
+    threads[0].join(WAIT)
     assert not threads[0].is_alive()
     assert wait_until(lambda: _subscribers(admin, channel) == 0)
     assert stat(cache, "bus_subscribed") == 0

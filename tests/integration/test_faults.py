@@ -14,7 +14,6 @@ import io
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import zstandard
 
 import tiercache
 from tests.redis_server import RedisServer
+from tests.support import WAIT, CacheFactory, FakeClock, wait_until
 from tiercache import Breaker, TierCache
 from tiercache.entry import HEADER_SIZE
 
@@ -33,21 +33,9 @@ pytestmark = pytest.mark.redis
 
 THREADS = 8
 KEYS = 40
-BOUND = 10.0  # seconds: upper bound of every wait for asynchronous state
 MAX_RUN = 20.0  # seconds: a workload never outlives this, whatever the test does
 DOWN_FOR = 1.5  # seconds Redis stays dead in the kill/restart schedule
 PAUSE_MS = 2000  # CLIENT PAUSE / DEBUG SLEEP length
-START = 1_700_000_000.0
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = BOUND) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes; whether it became true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return bool(predicate())
 
 
 def value_for(key: str) -> dict[str, Any]:
@@ -123,7 +111,7 @@ class Workload:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         for thread in self.threads:
-            thread.join(BOUND)
+            thread.join(WAIT)
         assert not any(t.is_alive() for t in self.threads), "a load thread is stuck"
 
     @property
@@ -169,31 +157,23 @@ class Workload:
 
 
 @pytest.fixture
-def namespace() -> str:
-    return "flt" + uuid.uuid4().hex[:10]
-
-
-@pytest.fixture
 def make_cache(
     fresh_redis_server: RedisServer, namespace: str
 ) -> Iterator[Callable[..., TierCache]]:
     """Caches on the test's private server; listener subscribed before the load starts."""
-    made: list[TierCache] = []
+    with CacheFactory(
+        fresh_redis_server.url,
+        settle=True,
+        namespace=namespace,
+        ttl=30,
+        l1_ttl=0.2,  # short: reads keep going to Redis
+    ) as factory:
 
-    def make(**options: Any) -> TierCache:
-        options.setdefault("namespace", namespace)
-        options.setdefault("ttl", 30)
-        options.setdefault("l1_ttl", 0.2)  # short: reads keep going to Redis
-        options.setdefault("breaker", Breaker(failures=5, reset_after=0.5))
-        cache = TierCache.from_url(fresh_redis_server.url, **options)
-        made.append(cache)
-        cache.get("__settle__")
-        assert wait_until(lambda: cache.stats()["bus_subscribed"] == 1)
-        return cache
+        def make(**options: Any) -> TierCache:
+            options.setdefault("breaker", Breaker(failures=5, reset_after=0.5))  # one per cache
+            return factory(**options)
 
-    yield make
-    for cache in made:
-        cache.close()
+        yield make
 
 
 def test_sigkill_and_restart_under_load_reaches_no_caller_and_recovers_by_itself(
@@ -262,14 +242,14 @@ def test_frozen_redis_under_load_opens_the_breaker_and_it_closes_after(
             assert wait_until(lambda: load.total > frozen_at + 100)
             answered_while_frozen = load.total - frozen_at
             if sleeper is not None:
-                sleeper.join(BOUND)
+                sleeper.join(WAIT)
             assert wait_until(lambda: all(c.stats()["breaker_state"] == 0 for c in caches))
             hits = load.stat("l2_hits")
             assert wait_until(lambda: load.stat("l2_hits") > hits + 20)
         load.report(fault, answered_while_frozen=answered_while_frozen)
     finally:
         if sleeper is not None:
-            sleeper.join(BOUND)
+            sleeper.join(WAIT)
         admin.close()
 
     assert load.errors == []
@@ -322,16 +302,12 @@ def test_failing_loader_with_stale_entries_serves_stale_values_not_errors(
     """Entries past ttl but inside stale_ttl: with the loader failing on every call, every
     reader (the instance that loaded them and one that never did) gets the stale values; the
     throttle keeps loader calls to about one per key."""
-    now = [START]
-
-    def clock() -> float:
-        return now[0]
-
+    clock = FakeClock()
     options = {"ttl": 10, "l1_ttl": 10, "stale_ttl": 60, "fail_safe_throttle": 30}
     caches = [make_cache(timer=clock, **options), make_cache(timer=clock, **options)]
     for i in range(KEYS):
         caches[0].get_or_set(f"k{i}", lambda i=i: value_for(f"k{i}"))
-    now[0] += 11  # every entry is now expired, inside its fail-safe window
+    clock.advance(11)  # every entry is now expired, inside its fail-safe window
 
     def failing(key: str) -> Any:
         raise ConnectionRefusedError(f"database down while loading {key}")
@@ -388,7 +364,7 @@ def test_garbage_bytes_in_redis_are_misses_the_loader_refills(
         valid = raw.get(f"{namespace}:k0")
         assert valid is not None
         with Workload(caches) as load:
-            deadline = time.monotonic() + BOUND
+            deadline = time.monotonic() + WAIT
             while load.stat("l2_corrupt") < 100 and time.monotonic() < deadline:
                 raw.set(f"{namespace}:k{rng.randrange(KEYS)}", _garbage(rng, valid, bomb))
                 time.sleep(0.002)  # pacing of the fault injector, not a wait for state
@@ -409,13 +385,13 @@ def test_entries_cached_before_the_bus_was_lost_are_no_fail_safe_fallback(
     """Documented limit: when Redis dies, the listener's loss of subscription flushes L1
     (guarantee 2), so values cached before the outage are gone; with the loader failing too,
     the caller gets the loader's error. Values loaded during the outage are a fallback."""
-    now = [START]
-    cache = make_cache(timer=lambda: now[0], ttl=10, l1_ttl=10, stale_ttl=60)
+    clock = FakeClock()
+    cache = make_cache(timer=clock, ttl=10, l1_ttl=10, stale_ttl=60)
     cache.get_or_set("before", lambda: "old")
     fresh_redis_server.kill()
     assert wait_until(lambda: cache.stats()["bus_subscribed"] == 0)
     assert cache.get_or_set("during", lambda: "loaded while down") == "loaded while down"
-    now[0] += 11
+    clock.advance(11)
 
     def failing() -> Any:
         raise ConnectionRefusedError("database down too")

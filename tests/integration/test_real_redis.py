@@ -3,8 +3,6 @@ server, and L2 hits after L1 eviction."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,39 +12,12 @@ from redis.exceptions import AuthenticationError, NoPermissionError
 
 import tiercache
 from tests.redis_server import RedisServer
+from tests.support import Loader, wait_until
 from tiercache import TierCache
 
 pytestmark = pytest.mark.redis
 
 PASSWORD = "secret"
-BOUND = 10.0  # seconds: upper bound of every wait for asynchronous state
-
-
-def wait_until(predicate: Any, timeout: float = BOUND) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes; whether it became true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return bool(predicate())
-
-
-class Loader:
-    """A loader that counts its calls and returns ``value``."""
-
-    def __init__(self, value: Any = "loaded") -> None:
-        self.value = value
-        self.calls = 0
-
-    def __call__(self) -> Any:
-        self.calls += 1
-        return self.value
-
-
-@pytest.fixture
-def namespace() -> str:
-    return "it" + uuid.uuid4().hex[:12]
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import REPO_ROOT, run_python
+
 TIMEOUT = 60.0  # seconds a child interpreter may take
 
 NO_SDK = '''
@@ -101,16 +99,7 @@ def workload(cache):
 def run_child(code: str) -> dict[str, Any]:
     """Run ``code`` in a fresh interpreter; it prints one JSON object on its last line."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    proc = run_python(textwrap.dedent(code), env=env, cwd=REPO_ROOT, timeout=TIMEOUT)
     assert proc.returncode == 0, f"child failed:\n{proc.stdout}\n{proc.stderr}"
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result

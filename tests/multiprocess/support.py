@@ -4,18 +4,20 @@ A :class:`Peer` is a child process that owns :class:`~tiercache.TierCache` insta
 calls on them when asked through a :func:`multiprocessing.Pipe`. A call returns only after it
 returned in the child, so the answer is the child's "done" signal; every wait is bounded.
 
-Nothing here sleeps to let something happen: :func:`wait_until` polls a condition (the
-delivery of a pub/sub message is asynchronous by nature) and gives up after a timeout.
+Nothing here sleeps to let something happen: :func:`tests.support.wait_for` polls a condition
+(the delivery of a pub/sub message is asynchronous by nature) and gives up after a timeout.
+The basics (bounded waits, fakes) are in ``tests/support.py``; this module adds what only the
+cross-process tests need.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import time
 import traceback
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -23,6 +25,7 @@ from typing import Any
 
 import redis
 
+from tests.support import subscribed
 from tiercache import TierCache
 
 # Bounds of the waits below, in seconds. Delivery normally takes milliseconds; the bounds
@@ -32,32 +35,19 @@ SUBSCRIBE_TIMEOUT = 5.0  # a listener's first subscription and its self-probe
 CALL_TIMEOUT = 20.0  # one request to a child process, one message from it
 JOIN_TIMEOUT = 10.0  # a child exiting once told to
 PEER_IDLE_TIMEOUT = 300.0  # a peer whose parent went silent exits by itself
-_POLL_INTERVAL = 0.002
 
 #: The shared "database" the memoized function reads: a Redis hash on the real server.
 PRICES = "mp:db:prices"
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until it is true; raise AssertionError naming ``what`` after
-    ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(_POLL_INTERVAL)  # poll interval of a bounded loop
+#: The multiprocessing context of the forked children.
+FORK = multiprocessing.get_context("fork")
 
 
 def subscribe(cache: TierCache) -> dict[str, int]:
     """Use ``cache`` once and wait until its listener is subscribed and its self-probe came
     back (the flush at subscription is then behind us); return its stats."""
-    cache.get("__first_use__")
-    wait_until(
-        lambda: cache.stats()["bus_subscribed"] == 1 and cache.stats()["bus_probe_ok"] == 1,
-        SUBSCRIBE_TIMEOUT,
-        f"{cache!r} to subscribe",
-    )
-    return cache.stats()
+    return subscribed(cache, probe=True, timeout=SUBSCRIBE_TIMEOUT)
 
 
 def stop_process(process: BaseProcess, timeout: float = JOIN_TIMEOUT) -> int | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import multiprocessing
 import os
 import shutil
 import signal
@@ -34,22 +33,21 @@ from typing import Any
 import pytest
 
 from tests.multiprocess.support import (
+    FORK,
     PROPAGATION_TIMEOUT,
     reap,
     receive,
     report_error,
     stop_process,
     subscribe,
-    wait_until,
 )
 from tests.redis_server import RedisServer
+from tests.support import REPO_ROOT, wait_for
 from tiercache import TierCache, forking
 
 pytestmark = pytest.mark.redis
 
-FORK = multiprocessing.get_context("fork")
 NOISE = 50  # messages a third instance publishes while parent and child both listen
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -89,7 +87,7 @@ def _child_side(cache: TierCache, conn: Connection) -> None:
     conn.send(("ready", facts))
 
     receive(conn, "parent-updated")
-    wait_until(lambda: cache.get("k1") == "from-parent", PROPAGATION_TIMEOUT, "parent's set")
+    wait_for(lambda: cache.get("k1") == "from-parent", PROPAGATION_TIMEOUT, "parent's set")
     cache.set("k2", "from-child")
     conn.send(("child-updated", None))
 
@@ -97,7 +95,7 @@ def _child_side(cache: TierCache, conn: Connection) -> None:
     base = cache.stats()
     conn.send(("noise-ready", None))
     receive(conn, "noise-sent")
-    wait_until(
+    wait_for(
         lambda: cache.stats()["bus_received"] - base["bus_received"] >= NOISE,
         PROPAGATION_TIMEOUT,
         "the third instance's messages in the child",
@@ -115,7 +113,7 @@ def _parent_side(cache: TierCache, publisher: TierCache, conn: Connection) -> di
     cache.set("k1", "from-parent")
     conn.send(("parent-updated", None))
     receive(conn, "child-updated")
-    wait_until(lambda: cache.get("k2") == "from-child", PROPAGATION_TIMEOUT, "child's set")
+    wait_for(lambda: cache.get("k2") == "from-child", PROPAGATION_TIMEOUT, "child's set")
 
     conn.send(("noise-next", None))
     receive(conn, "noise-ready")
@@ -123,7 +121,7 @@ def _parent_side(cache: TierCache, publisher: TierCache, conn: Connection) -> di
     for i in range(NOISE):
         publisher.delete(f"noise:{i}")
     conn.send(("noise-sent", None))
-    wait_until(
+    wait_for(
         lambda: cache.stats()["bus_received"] - base["bus_received"] >= NOISE,
         PROPAGATION_TIMEOUT,
         "the third instance's messages in the parent",
@@ -339,7 +337,7 @@ def test_gunicorn_preload_workers_each_get_a_working_cache_of_their_own(
                 warm.add(answer["pid"])
         return len(warm) == WORKERS
 
-    wait_until(all_warm, SERVER_TIMEOUT, f"{WORKERS} workers with the value in L1")
+    wait_for(all_warm, SERVER_TIMEOUT, f"{WORKERS} workers with the value in L1")
 
     changed = _request(port, "POST", "/set?key=greeting&value=world")
     assert changed is not None
@@ -350,5 +348,5 @@ def test_gunicorn_preload_workers_each_get_a_working_cache_of_their_own(
             seen[answer["pid"]] = answer["value"]
         return all(seen.get(pid) == "world" for pid in warm)
 
-    wait_until(all_updated, SERVER_TIMEOUT, "every worker to serve the new value")
+    wait_for(all_updated, SERVER_TIMEOUT, "every worker to serve the new value")
     assert set(seen) == warm  # the same four workers: none died and was replaced

@@ -20,9 +20,9 @@ from tests.multiprocess.support import (
     PROPAGATION_TIMEOUT,
     Peer,
     subscribe,
-    wait_until,
 )
 from tests.redis_server import RedisServer
+from tests.support import wait_for
 from tiercache import TierCache
 
 pytestmark = pytest.mark.redis
@@ -94,7 +94,7 @@ def test_write_in_one_process_reaches_the_l1_of_another_through_the_bus(
 
     b.call("main", op, *args)  # returns once the write has returned in B
 
-    wait_until(
+    wait_for(
         lambda: {key: a.call("main", "get", key) for key in expected} == expected,
         PROPAGATION_TIMEOUT,
         f"A to see B's {op}",
@@ -124,9 +124,9 @@ def test_two_instances_in_one_process_hear_each_other(
         assert first.stats()["l1_hits"] == hits + 1
 
         second.set("k", "new")
-        wait_until(lambda: first.get("k") == "new", PROPAGATION_TIMEOUT, "first to see set")
+        wait_for(lambda: first.get("k") == "new", PROPAGATION_TIMEOUT, "first to see set")
         first.delete("j")
-        wait_until(lambda: second.get("j") is None, PROPAGATION_TIMEOUT, "second to see delete")
+        wait_for(lambda: second.get("j") is None, PROPAGATION_TIMEOUT, "second to see delete")
 
         for cache in (first, second):
             stats = cache.stats()
@@ -142,7 +142,7 @@ def test_own_echo_is_ignored_and_does_not_flush_own_l1(
     with TierCache.from_url(redis_server.url, namespace=namespace, l1_ttl=L1_TTL) as cache:
         before = subscribe(cache)
         cache.set("k", "mine")
-        wait_until(
+        wait_for(
             lambda: cache.stats()["bus_ignored"] > before["bus_ignored"],
             PROPAGATION_TIMEOUT,
             "the echo of our own set",
@@ -173,7 +173,7 @@ def test_invalidate_tags_in_one_process_drops_exactly_the_tagged_entries_in_anot
 
     b.call("main", "invalidate_tags", "red")
 
-    wait_until(
+    wait_for(
         lambda: a.call("main", "get", "t1") is None and a.call("main", "get", "t2") is None,
         PROPAGATION_TIMEOUT,
         "A to drop the entries tagged red",
@@ -204,7 +204,7 @@ def test_clear_in_one_process_empties_the_namespace_in_another_and_spares_other_
 
     b.call("main", "clear")
 
-    wait_until(lambda: a.stats("main")["l1_size"] == 0, PROPAGATION_TIMEOUT, "A's L1 to be emptied")
+    wait_for(lambda: a.stats("main")["l1_size"] == 0, PROPAGATION_TIMEOUT, "A's L1 to be emptied")
     assert a.call("main", "get_many", ["k1", "k2"]) == {}  # L2 entries are older than the clear
     assert b.call("main", "get", "k1") is None
     _l1_reads(a, "other", {"k1": "other1", "k2": "other2"})
@@ -228,7 +228,7 @@ def test_memoize_invalidate_in_one_process_reaches_the_other(
 
     b.call("main", "memo_invalidate", "A1")
 
-    wait_until(
+    wait_for(
         lambda: a.call("main", "memo", "A1") == 200,
         PROPAGATION_TIMEOUT,
         "A to reload the memoized price",

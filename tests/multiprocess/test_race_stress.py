@@ -29,7 +29,6 @@ end of this module make that case deterministic.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import random
 import threading
@@ -43,17 +42,17 @@ import redis
 
 from tests.multiprocess.support import (
     CALL_TIMEOUT,
+    FORK,
     PROPAGATION_TIMEOUT,
     stop_process,
     subscribe,
-    wait_until,
 )
 from tests.redis_server import RedisServer
+from tests.support import wait_for
 from tiercache import TierCache
 
 pytestmark = pytest.mark.redis
 
-FORK = multiprocessing.get_context("fork")
 PROCESSES = 3
 READERS = 3
 SHARED = ("s0", "s1")  # INCR'd and deleted by every writer
@@ -172,7 +171,7 @@ def _race(
         reports.put(("fenced", index, None))
         if not final.wait(CALL_TIMEOUT):
             raise TimeoutError("never told to check")
-        wait_until(lambda: cache.get(fence) == "after", PROPAGATION_TIMEOUT, "the fence")
+        wait_for(lambda: cache.get(fence) == "after", PROPAGATION_TIMEOUT, "the fence")
         expected = {key: int(db.get(_db_key(key)) or 0) for key in KEYS}
         finals = {key: cache.get_or_set(key, loader_for(key, random.Random())) for key in KEYS}
         reports.put(
@@ -319,7 +318,7 @@ def test_get_or_set_after_an_invalidation_does_not_join_a_load_that_started_befo
                     assert done.wait(CALL_TIMEOUT), "the other process never deleted"
                 finally:
                     stop_process(process)
-                wait_until(
+                wait_for(
                     lambda: cache.stats()["bus_received"] > heard,
                     PROPAGATION_TIMEOUT,
                     "this instance to hear the delete",

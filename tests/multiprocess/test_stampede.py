@@ -7,7 +7,6 @@ the real server), so a count covers every process.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 import time
@@ -20,18 +19,18 @@ import redis
 
 from tests.multiprocess.support import (
     CALL_TIMEOUT,
+    FORK,
     JOIN_TIMEOUT,
     PROPAGATION_TIMEOUT,
     stop_process,
     subscribe,
-    wait_until,
 )
 from tests.redis_server import RedisServer
+from tests.support import wait_for
 from tiercache import TierCache
 
 pytestmark = pytest.mark.redis
 
-FORK = multiprocessing.get_context("fork")
 PROCESSES = 4
 THREADS = 8
 LOAD_SECONDS = 0.05  # how long the stampede's loader takes: the workload, not a wait
@@ -168,7 +167,7 @@ def _lease_waiter_process(url: str, namespace: str, waiting: Event, results: Any
             thread = threading.Thread(target=call, daemon=True)
             thread.start()
             # Tell the parent only once this process is really waiting on the lease.
-            wait_until(lambda: cache.stats()["lease_waits"] == 1, CALL_TIMEOUT, "a lease wait")
+            wait_for(lambda: cache.stats()["lease_waits"] == 1, CALL_TIMEOUT, "a lease wait")
             waiting.set()
             thread.join(CALL_TIMEOUT)
             report["returned"] = outcome
@@ -239,7 +238,7 @@ def _slow_loader_process(
                 # The parent's invalidation was published before `finish`; wait until this
                 # process heard it, so that the L1 half (the key's generation) is decided,
                 # not raced against delivery.
-                wait_until(
+                wait_for(
                     lambda: cache.stats()["bus_received"] > heard,
                     PROPAGATION_TIMEOUT,
                     "the parent's invalidation",

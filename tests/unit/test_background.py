@@ -8,28 +8,17 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
 import pytest
 
+from tests.support import WAIT, wait_until
 from tiercache import background
 from tiercache.background import Background
 
-WAIT = 10.0  # upper bound of every wait, in seconds
 _names = itertools.count()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` passes; whether it became true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.002)
-    return predicate()
 
 
 def pool_threads(name: str) -> list[threading.Thread]:

@@ -7,9 +7,6 @@ import json
 import os
 import pickle
 import struct
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -17,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tiercache
+from tests.support import run_python
 from tiercache import SerializationError
 from tiercache.entry import (
     FORMAT_VERSION,
@@ -30,7 +27,6 @@ from tiercache.entry import (
 )
 from tiercache.errors import CorruptEntryError
 
-REPO_ROOT = Path(tiercache.__file__).resolve().parent.parent
 HEADER = struct.Struct("!BBQI")  # version, flags, expiry ms, namespace version
 FLAG_ZSTD = 0x01
 FLAG_CUSTOM = 0x02
@@ -395,15 +391,6 @@ def test_deeply_nested_extension_types_are_corrupt_not_a_crash() -> None:
     Regression: extension payloads recursed through C unpackb with no limit; about 200
     levels segfaulted the reader. Run in a subprocess so a regression cannot kill pytest.
     """
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", _DEEP_EXT_CODE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_python(_DEEP_EXT_CODE, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
     assert proc.returncode == 0, f"reader died with {proc.returncode}: {proc.stderr[-500:]}"
     assert proc.stdout.strip() == "corrupt"

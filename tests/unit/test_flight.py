@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
+from tests.support import WAIT, run_threads
 from tiercache import flight
 from tiercache.flight import SingleFlight
-
-TIMEOUT = 10.0
 
 
 class ObservedEvent(threading.Event):
@@ -44,18 +43,9 @@ def waiting(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
 
     def until(n: int) -> None:
         with entered:
-            assert entered.wait_for(lambda: counter[0] >= n, timeout=TIMEOUT), counter
+            assert entered.wait_for(lambda: counter[0] >= n, timeout=WAIT), counter
 
     return until
-
-
-def run_threads(targets: list[Callable[[], None]]) -> None:
-    threads = [threading.Thread(target=t) for t in targets]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=TIMEOUT)
-    assert not any(t.is_alive() for t in threads), "a caller is stuck"
 
 
 def test_single_call_runs_fn_and_reports_it_led() -> None:
@@ -80,7 +70,7 @@ def test_concurrent_callers_share_one_run(waiting: Callable[[int], None]) -> Non
     """N callers of one key: fn runs once, all get its value, exactly one is the leader."""
     sf = SingleFlight()
     callers = 8
-    barrier = threading.Barrier(callers, timeout=TIMEOUT)
+    barrier = threading.Barrier(callers, timeout=WAIT)
     release = threading.Event()
     calls: list[int] = []
     results: list[tuple[Any, bool]] = []
@@ -109,7 +99,7 @@ def test_exception_propagates_to_every_waiter(waiting: Callable[[int], None]) ->
     """If fn raises, the leader and every waiting caller get that exception; fn ran once."""
     sf = SingleFlight()
     callers = 5
-    barrier = threading.Barrier(callers, timeout=TIMEOUT)
+    barrier = threading.Barrier(callers, timeout=WAIT)
     calls: list[int] = []
     raised: list[BaseException] = []
 
@@ -155,12 +145,12 @@ def test_distinct_keys_load_in_parallel() -> None:
 
     def load_a() -> str:
         a_started.set()
-        assert b_started.wait(TIMEOUT), "load of b never started while a was loading"
+        assert b_started.wait(WAIT), "load of b never started while a was loading"
         return "A"
 
     def load_b() -> str:
         b_started.set()
-        assert a_started.wait(TIMEOUT), "load of a never started while b was loading"
+        assert a_started.wait(WAIT), "load of a never started while b was loading"
         return "B"
 
     def call(key: str, fn: Callable[[], str]) -> None:
@@ -192,7 +182,7 @@ def test_reset_after_fork_forgets_calls_in_flight() -> None:
 
     def parent_load() -> str:
         started.set()
-        assert release.wait(TIMEOUT)
+        assert release.wait(WAIT)
         return "parent"
 
     def parent() -> None:
@@ -204,13 +194,13 @@ def test_reset_after_fork_forgets_calls_in_flight() -> None:
     thread = threading.Thread(target=parent)
     thread.start()
     try:
-        assert started.wait(TIMEOUT)
+        assert started.wait(WAIT)
         sf.reset_after_fork()
         assert sf.in_flight() == 0
         assert sf.run("k", lambda: "child") == ("child", True)
     finally:
         release.set()
-        thread.join(TIMEOUT)
+        thread.join(WAIT)
     assert not thread.is_alive()
     assert outcome == [("parent", True)]
 
@@ -238,13 +228,13 @@ def test_finished_leader_does_not_remove_a_newer_call_for_its_key() -> None:
     def old_load() -> str:
         sf.reset_after_fork()
         thread.start()
-        assert new_started.wait(TIMEOUT)
+        assert new_started.wait(WAIT)
         return "old"
 
     def new_load() -> str:
         calls.append("new")
         new_started.set()
-        assert new_release.wait(TIMEOUT)
+        assert new_release.wait(WAIT)
         return "new"
 
     new_outcome: list[object] = []
@@ -261,7 +251,7 @@ def test_finished_leader_does_not_remove_a_newer_call_for_its_key() -> None:
         assert sf.in_flight() == 1, "the new leader's call was dropped"
     finally:
         new_release.set()
-        thread.join(TIMEOUT)
+        thread.join(WAIT)
     assert not thread.is_alive()
     assert calls == ["new"]
     assert new_outcome == [("new", True)]

@@ -6,21 +6,15 @@ import datetime as dt
 import enum
 import json
 import os
-import subprocess
-import sys
 import uuid
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-import tiercache
+from tests.support import run_python
 from tiercache.keys import MEMO_PREFIX, ArgumentKeyer, check_key, check_keys, encode_argument
-
-REPO_ROOT = Path(tiercache.__file__).resolve().parent.parent
-
 
 # -- check_key ----------------------------------------------------------------------------
 
@@ -432,15 +426,7 @@ print(json.dumps([k(args, kw) for args, kw in calls]))
 
 def _keys_in_subprocess(hash_seed: str) -> list[str]:
     env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONDONTWRITEBYTECODE="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", _SUBPROCESS_CODE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_python(_SUBPROCESS_CODE, env=env)
     assert proc.returncode == 0, proc.stderr
     keys: list[str] = json.loads(proc.stdout)
     return keys

@@ -10,25 +10,15 @@ from typing import Any
 
 import pytest
 
+from tests.support import FakeClock
 from tiercache.l1 import RECENT_HITS, SWEEP_INTERVAL, LocalTier, _Bookkeeper
 
-
-class FakeClock:
-    """A settable clock (cachetools ``tests/test_ttl.py`` style)."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+CLOCK_START = 1000.0  # where this module's fake clocks start
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(CLOCK_START)
 
 
 @pytest.fixture
@@ -336,7 +326,7 @@ def fast_switching() -> Iterator[None]:
 def test_readers_never_see_a_value_after_its_invalidation_returned(fast_switching: None) -> None:
     """Lock-free readers racing a writer: no exception, and once invalidate() has returned
     for version v, no get() that starts afterwards returns v (or older)."""
-    clock = FakeClock()
+    clock = FakeClock(CLOCK_START)
     tier = LocalTier(maxsize=16, timer=clock)
     readers_n, rounds = 2, 2000
     # A budget, not a sleep: on a loaded machine stop early rather than slow the suite.

@@ -11,15 +11,10 @@ import fakeredis
 import pytest
 
 import tiercache
+from tests.support import FakeClock
 from tiercache import Memoized, TierCache
 
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+CLOCK_START = 1_000_000.0  # where this module's fake clocks start
 
 
 class Loads:
@@ -79,7 +74,7 @@ def test_bare_memoize_uses_an_l1_only_default_cache(no_env: None) -> None:
 
 def test_memoize_with_ttl_on_the_default_cache_expires(no_env: None) -> None:
     """@tiercache.memoize(ttl=60) keeps a result 60 seconds (on the default cache's clock)."""
-    clock = FakeClock()
+    clock = FakeClock(CLOCK_START)
     tiercache.configure(timer=clock)
     loads = Loads()
 
@@ -103,7 +98,7 @@ def test_l1_only_memoized_result_lives_the_whole_ttl(
     """In L1-only mode a memoized result lives exactly ``ttl`` (no Redis, so no jitter;
     regression: the load path shortened it by up to 10%)."""
     monkeypatch.setattr(random, "random", lambda: 0.99)  # the largest jitter draw
-    clock = FakeClock()
+    clock = FakeClock(CLOCK_START)
     tiercache.configure(timer=clock)
     loads = Loads()
 

@@ -13,30 +13,16 @@ import pytest
 import redis
 from redis.exceptions import AuthenticationError, NoPermissionError
 
+from tests.support import WAIT, FakeClock
 from tiercache import L2Error
 from tiercache.errors import CircuitOpenError
 from tiercache.l2 import RedisTier
 from tiercache.resilience import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
-WAIT = 10.0  # upper bound of every wait on an Event or a join, in seconds
-
-
-class FakeClock:
-    """A settable clock for the breaker's cooldown."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)  # the breaker's cooldown clock
 
 
 @pytest.fixture

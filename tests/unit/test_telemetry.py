@@ -18,7 +18,6 @@ import gc
 import hashlib
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -42,10 +41,10 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, Sampler, Sampl
 from opentelemetry.trace import Link, SpanKind, StatusCode, TraceState
 from opentelemetry.util.types import Attributes
 
+from tests.support import WAIT, BoomError, CacheFactory, FakeClock, subscribed, wait_until
 from tiercache import Breaker, TierCache
 from tiercache import telemetry as tel
 
-BOUND = 10.0  # seconds: upper bound of every poll for asynchronous state (the bus listener)
 SECRET = "user:alice@example.com"  # a key that must never show up in a span by default
 
 
@@ -130,11 +129,6 @@ def exporter(sdk: Sdk) -> InMemorySpanExporter:
     return sdk.exporter
 
 
-@pytest.fixture
-def namespace() -> str:
-    return f"tel-{uuid.uuid4().hex[:12]}"
-
-
 MakeCache = Callable[..., TierCache]
 
 
@@ -143,33 +137,8 @@ def make_cache(
     fake_redis: fakeredis.FakeRedis, namespace: str, exporter: InMemorySpanExporter
 ) -> Iterator[MakeCache]:
     """Build caches on the test's fakeredis server and namespace; closed after the test."""
-    made: list[TierCache] = []
-
-    def make(**options: Any) -> TierCache:
-        options.setdefault("namespace", namespace)
-        client = options.pop("client", fake_redis)
-        cache = TierCache(client, **options)
-        made.append(cache)
-        return cache
-
-    try:
+    with CacheFactory(fake_redis, namespace=namespace) as make:
         yield make
-    finally:
-        for cache in made:
-            cache.close()
-
-
-class FakeClock:
-    """A settable clock: both L1's monotonic clock and the wall clock of logical expiry."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # -- span helpers ----------------------------------------------------------------------------------
@@ -239,21 +208,8 @@ def must_not_load() -> Any:
     raise AssertionError("the loader must not run")
 
 
-class BoomError(Exception):
-    """What a failing loader raises."""
-
-
 def failing() -> Any:
     raise BoomError("the database is down")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = BOUND) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return bool(predicate())
 
 
 # -- metric helpers --------------------------------------------------------------------------------
@@ -444,7 +400,7 @@ def test_a_load_on_a_background_worker_keeps_its_parent(
     """With a loader timeout the load runs on a worker thread, in a copy of the caller's
     context: ``tiercache.load`` is still a child of the operation, the loader's span of it."""
     tracer = trace.get_tracer("app")
-    cache = make_cache(hard_timeout=BOUND)
+    cache = make_cache(hard_timeout=WAIT)
     threads: list[str] = []
 
     def loader() -> str:
@@ -470,12 +426,12 @@ def test_a_caller_that_waited_for_another_callers_load_is_marked_coalesced(
 
     def slow() -> str:
         started.set()
-        assert release.wait(BOUND)
+        assert release.wait(WAIT)
         return "v"
 
     leader = threading.Thread(target=lambda: results.append(cache.get_or_set("k", slow)))
     leader.start()
-    assert started.wait(BOUND)
+    assert started.wait(WAIT)
     follower = threading.Thread(target=lambda: results.append(cache.get_or_set("k", must_not_load)))
     follower.start()
 
@@ -485,8 +441,8 @@ def test_a_caller_that_waited_for_another_callers_load_is_marked_coalesced(
 
     assert wait_until(follower_waits)
     release.set()
-    leader.join(BOUND)
-    follower.join(BOUND)
+    leader.join(WAIT)
+    follower.join(WAIT)
     assert results == ["v", "v"]
     spans = finished(exporter, tel.SPAN_GET_OR_SET)
     assert len(spans) == 2
@@ -1009,12 +965,7 @@ def test_loads_load_errors_and_stale_serves(
 
 def _subscribed_and_probed(*caches: TierCache) -> None:
     for cache in caches:
-        cache.get("warm")
-    assert wait_until(
-        lambda: all(
-            c.stats()["bus_subscribed"] == 1 and c.stats()["bus_probe_ok"] == 1 for c in caches
-        )
-    )
+        subscribed(cache, probe=True)
 
 
 def _received(cache: TierCache) -> int:
@@ -1120,10 +1071,10 @@ def test_duration_histogram_for_l2_round_trips_and_loads(
     load = found[frozenset({(tel.ATTR_TIER, "loader"), (tel.ATTR_OPERATION, "load")})]
     assert isinstance(load, HistogramDataPoint)
     assert load.count == 1
-    assert 0.02 <= load.sum < BOUND
+    assert 0.02 <= load.sum < WAIT
     get = found[frozenset({(tel.ATTR_TIER, "l2"), (tel.ATTR_OPERATION, "GET")})]
     assert get.count == 1
-    assert 0 < get.sum < BOUND
+    assert 0 < get.sum < WAIT
     assert {dict(k)[tel.ATTR_TIER] for k in found} == {"l2", "loader"}
     assert sum(p.count for k, p in found.items() if dict(k)[tel.ATTR_TIER] == "loader") == 1
 
