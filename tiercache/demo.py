@@ -230,21 +230,33 @@ def _second_instance(d: _Demo) -> None:
     d.say(f"  median {_fmt_ns(median)}; nothing was loaded twice")
     old, tier, _ = d.measure(d.b, lambda: d.b.get("product:1"))
     d.say(f'B.get("product:1")  -> price {old["price"]} (from {tier})')
+    heard_before = _invalidations_heard(d.b)
     d.a.set("product:1", {**old, "price": Decimal("17.50")})
-    d.say('A.set("product:1", {..., "price": 17.50})')
+    published = time.perf_counter()
+    d.say('A.set("product:1", {..., "price": 17.50})  -> broadcast on Redis pub/sub')
     d.say(f'A.get("product:1")  -> price {d.a.get("product:1")["price"]} (read-your-writes)')
+    deadline = published + 1.0
+    while _invalidations_heard(d.b) == heard_before and time.perf_counter() < deadline:
+        time.sleep(0.0002)
+    delay_ms = (time.perf_counter() - published) * 1000
     seen, tier, _ = d.measure(d.b, lambda: d.b.get("product:1"))
     d.say(f'B.get("product:1")  -> price {seen["price"]} (from {tier})')
-    if seen["price"] != old["price"]:
-        d.say("  B did not serve its old L1 copy: it read the new value from Redis.")
+    if _invalidations_heard(d.b) > heard_before and seen["price"] != old["price"]:
+        d.say(f"  B's listener heard A's invalidation within {delay_ms:.1f} ms and dropped its")
+        d.say("  L1 copy, so B re-read Redis: no waiting for l1_ttl. Every process on the")
+        d.say("  namespace does the same (tiercache:inv:<namespace> channel).")
         return
-    d.say("  Stale: B still serves its L1 copy. Cross-process invalidation of L1 copies")
-    d.say("  (Redis pub/sub) is planned, not built yet; today another instance may serve")
-    d.say(f"  its copy for up to its l1_ttl ({B_L1_TTL} s here, 30 s by default).")
+    d.say("  B's listener has not heard the invalidation (is pub/sub reachable?): B may")
+    d.say(f"  serve its copy for up to its l1_ttl ({B_L1_TTL} s here, 30 s by default).")
     time.sleep(B_L1_TTL + 0.05)
     seen, tier, _ = d.measure(d.b, lambda: d.b.get("product:1"))
     d.say(f"{B_L1_TTL + 0.05:.2f} s later, B's L1 copy has expired:")
     d.say(f'B.get("product:1")  -> price {seen["price"]} (from {tier})')
+
+
+def _invalidations_heard(cache: TierCache) -> int:
+    stats = cache.stats()
+    return stats.get("bus_received", 0) - stats.get("bus_ignored", 0)
 
 
 def _memoize(d: _Demo) -> None:

@@ -178,7 +178,15 @@ class ArgumentKeyer:
     Since: 0.1.0
     """
 
-    __slots__ = ("_ignore", "_prefix", "_signature")
+    __slots__ = (
+        "_defaults",
+        "_ignore",
+        "_name_frames",
+        "_positional",
+        "_prefix",
+        "_required",
+        "_signature",
+    )
 
     def __init__(
         self, func: Callable[..., Any], ignore: Iterable[str] = (), name: str | None = None
@@ -197,6 +205,17 @@ class ArgumentKeyer:
                 # explicit name= their keys are private to this function object (and process).
                 name += f"#{id(func):x}"
         self._prefix = f"{MEMO_PREFIX}:{name}:"
+        params = self._signature.parameters
+        self._name_frames = {param: _frame(_T_STR, param.encode()) for param in params}
+        # A call passing every parameter positionally needs no Signature.bind (which costs
+        # more than the rest of the key): the names are the parameters, in order.
+        simple = all(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params.values()
+        )
+        self._positional: tuple[str, ...] | None = tuple(params) if simple else None
+        # Defaults of the trailing parameters (Python puts them last), for the same shortcut.
+        self._defaults = tuple(p.default for p in params.values() if p.default is not p.empty)
+        self._required = len(params) - len(self._defaults)
 
     @property
     def prefix(self) -> str:
@@ -205,12 +224,19 @@ class ArgumentKeyer:
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The key for one call; `TypeError` if the arguments do not fit or encode."""
-        bound = self._signature.bind(*args, **kwargs)
-        bound.apply_defaults()
+        positional = self._positional
+        if positional is not None and not kwargs and self._required <= len(args) <= len(positional):
+            values = args + self._defaults[len(args) - self._required :]
+            arguments: Iterable[tuple[str, Any]] = zip(positional, values, strict=True)
+        else:
+            bound = self._signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = bound.arguments.items()
         digest = hashlib.blake2b(digest_size=16)
-        for name, value in bound.arguments.items():
+        frames = self._name_frames
+        for name, value in arguments:
             if name in self._ignore:
                 continue
-            digest.update(_frame(_T_STR, name.encode()))
+            digest.update(frames[name])
             digest.update(encode_argument(value, f"argument {name!r}"))
         return self._prefix + digest.hexdigest()
