@@ -45,6 +45,10 @@ from .telemetry import ATTR_COALESCED, ATTR_VALUE_SIZE, SPAN_GET, SPAN_GET_OR_SE
 __all__ = ["ReadPath"]
 
 T = TypeVar("T")
+# L2 cannot be read now (a failed write waits to be replayed): load without a lease.
+_UNUSABLE: Any = object()
+# The caller has not read L2 for this load yet.
+_NOT_READ: Any = object()
 _LEASE_POLL_FIRST = 0.001
 _LEASE_POLL_MAX = 0.025
 
@@ -95,8 +99,23 @@ class ReadPath(ReadL2):
         with self._telemetry.span(SPAN_GET_OR_SET, key):
             self._start_listener()
             self._counters.l1_misses += 1
+            # Most misses are L2 hits: read L2 before single-flight, which only has to
+            # guard loads (and concurrent misses of one key each cost a GET, not a load).
+            first: Any = _NOT_READ
+            if self._coherence is not None and not self._l1.held_value(key)[0]:
+                if not self._l2_usable():
+                    first = _UNUSABLE
+                else:
+                    ticket = self._l1.ticket(key)
+                    try:
+                        first = self._read_l2(key)
+                        if isinstance(first, L2Hit):
+                            hit: T = self._serve_l2_hit(key, loader, ttl_s, tag_list, first, ticket)
+                            return hit
+                    finally:
+                        self._l1.release(ticket)
             value, leader = self._flight.run(
-                key, lambda: self._load_through(key, loader, ttl_s, tag_list)
+                key, lambda: self._load_through(key, loader, ttl_s, tag_list, first)
             )
             if not leader:
                 self._counters.load_waits += 1
@@ -126,11 +145,31 @@ class ReadPath(ReadL2):
             finally:
                 self._l1.release(ticket)
 
+    def _serve_l2_hit(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl_s: float,
+        tags: list[str],
+        hit: L2Hit,
+        ticket: Ticket,
+    ) -> Any:
+        self._fill_from_l2(key, hit, ticket)
+        self._answered_l2(hit)
+        if self._settings.refresh_ahead is not None:
+            self._maybe_refresh(key, loader, ttl_s, tags, hit)
+        return hit.entry.value
+
     def _answered_l2(self, hit: L2Hit) -> None:
         self._telemetry.answered("l2", "hit", **{ATTR_VALUE_SIZE: len(hit.blob)})
 
     def _load_through(
-        self, key: str, loader: Callable[[], Any], ttl_s: float, tags: list[str]
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl_s: float,
+        tags: list[str],
+        first: Any = _NOT_READ,
     ) -> Any:
         ticket = self._l1.ticket(key)
         try:
@@ -150,7 +189,7 @@ class ReadPath(ReadL2):
                     fallback = Fallback(old[0], [], old[2] - self._clock())
             if self._coherence is None:
                 return self._load(key, loader, ttl_s, tags, ticket, fallback, None)
-            return self._load_with_lease(key, loader, ttl_s, tags, ticket, fallback)
+            return self._load_with_lease(key, loader, ttl_s, tags, ticket, fallback, first)
         finally:
             self._l1.release(ticket)
 
@@ -164,7 +203,9 @@ class ReadPath(ReadL2):
         tags: list[str],
         ticket: Ticket,
         fallback: Fallback | None,
+        first: Any = _NOT_READ,
     ) -> Any:
+        """``first``: what the caller read from L2 just before, or ``_NOT_READ``."""
         assert self._coherence is not None
         settings = self._settings
         leases = self._coherence.leases
@@ -173,14 +214,15 @@ class ReadPath(ReadL2):
         pause = _LEASE_POLL_FIRST
         waited = False
         stamp: Stamp | None = None
-        while self._l2_usable():
-            found = self._read_l2(key)
+        if first is _UNUSABLE:
+            first = L2Error("L2 unusable: a failed write is waiting to be replayed")
+        while first is not _NOT_READ or self._l2_usable():
+            if first is _NOT_READ:
+                found = self._read_l2(key)
+            else:
+                found, first = first, _NOT_READ
             if isinstance(found, L2Hit):
-                self._fill_from_l2(key, found, ticket)
-                self._answered_l2(found)
-                if settings.refresh_ahead is not None:
-                    self._maybe_refresh(key, loader, ttl_s, tags, found)
-                return found.entry.value
+                return self._serve_l2_hit(key, loader, ttl_s, tags, found, ticket)
             if isinstance(found, L2Error):
                 break
             if isinstance(found, Lease):
