@@ -450,6 +450,11 @@ class ReadPath(ReadL2):
             self._refreshing.add(key)
         ticket = self._l1.ticket(key)  # before the reload starts
 
+        def done() -> None:
+            self._l1.release(ticket)
+            with self._refreshing_lock:
+                self._refreshing.discard(key)
+
         def refresh() -> None:
             try:
                 self._refresh(key, loader, ttl_s, tags, hit.blob, ticket)
@@ -457,14 +462,10 @@ class ReadPath(ReadL2):
                 self._counters.refresh_errors += 1
                 self._l2_log.warning("refresh", "tiercache: background refresh failed: %s", exc)
             finally:
-                self._l1.release(ticket)
-                with self._refreshing_lock:
-                    self._refreshing.discard(key)
+                done()
 
         if self._background.submit(refresh) is None:
-            self._l1.release(ticket)
-            with self._refreshing_lock:
-                self._refreshing.discard(key)
+            done()  # every worker busy: skip this refresh; a later read will try again
 
     def _refresh(
         self,
