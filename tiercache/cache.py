@@ -334,16 +334,18 @@ class TierCache(TracedReads, WritePath, ReadPath):
                 self._read_failed(exc)
                 return found
             fills = []
+            wall = self._wall()
+            stale_ttl = self._settings.stale_ttl
             for key, blob, ticket in zip(missing, blobs, tickets, strict=True):
                 checked = self._check_blob(key, blob)
                 if isinstance(checked, L2Hit):
-                    found[key] = checked.entry.value
-                    l1_ttl = self._l1_ttl_for(checked)
+                    hit = checked.entry
+                    found[key] = hit.value
+                    l1_ttl = self._l1_ttl_for(checked, wall)
                     if l1_ttl > 0:
-                        tags = [tag for tag, _ in checked.entry.tags]
-                        stale_for = checked.entry.expires_at + self._settings.stale_ttl
-                        stale_for -= self._wall()
-                        fills.append((key, checked.entry.value, l1_ttl, ticket, tags, stale_for))
+                        tags = [tag for tag, _ in hit.tags] if hit.tags else ()
+                        stale_for = hit.expires_at + stale_ttl - wall
+                        fills.append((key, hit.value, l1_ttl, ticket, tags, stale_for))
             if fills:
                 self._l1.fill_many(fills)
         finally:
@@ -532,14 +534,15 @@ class TierCache(TracedReads, WritePath, ReadPath):
 
     def _tick(self, now: float) -> None:
         self._next_tick = now + _TICK
-        if self._pid != os.getpid():
+        pid = os.getpid()
+        if self._pid != pid:
             self._after_fork()
         mono = time.monotonic()
         if mono >= self._telemetry.next_refresh:
             self._follow_tracing(mono)
         if self._coherence is not None and not self._closed:
             bus = self._coherence.bus
-            bus.ensure_started()
+            bus.ensure_started(pid)
             # A busy process applies invalidations late if only the listener thread does it
             # (field-notes 18): readers take what is already waiting, once per tick.
             bus.drain()
@@ -562,11 +565,12 @@ class TierCache(TracedReads, WritePath, ReadPath):
             self._shadowed = False
 
     def _start_listener(self) -> None:
-        if self._pid != os.getpid():
+        pid = os.getpid()
+        if self._pid != pid:
             self._after_fork()
         if self._coherence is not None and not self._closed:
             bus = self._coherence.bus
-            bus.ensure_started()
+            bus.ensure_started(pid)
             bus.raise_if_refused()
 
     def _after_fork(self) -> None:

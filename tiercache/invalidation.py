@@ -169,9 +169,10 @@ class Bus:
 
     # -- listener lifecycle ----------------------------------------------------------------
 
-    def ensure_started(self) -> None:
-        """Start the listener if it is not running in this process (cheap when it is)."""
-        if self._running and self._pid == os.getpid():
+    def ensure_started(self, pid: int | None = None) -> None:
+        """Start the listener if it is not running in this process (cheap when it is);
+        ``pid``: the caller's ``os.getpid()``, if it just read it."""
+        if self._running and self._pid == (pid or os.getpid()):
             return
         with self._start_lock:
             if self._pid != os.getpid():

@@ -67,6 +67,8 @@ def check_tags(tags: object, name: str = "tags") -> list[str]:
 
     Since: 0.1.0
     """
+    if tags == ():  # the default of every call that takes tags
+        return []
     if isinstance(tags, (str, bytes)) or not isinstance(tags, Iterable):
         raise TypeError(
             f"{name} must be an iterable of str (e.g. a tuple), not {type(tags).__name__}"

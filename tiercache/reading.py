@@ -142,21 +142,23 @@ class ReadL2:
             return None
         return Fallback(entry.value, [tag for tag, _ in entry.tags], remaining)
 
-    def _l1_ttl_for(self, hit: L2Hit) -> float:
+    def _l1_ttl_for(self, hit: L2Hit, wall: float) -> float:
         # L1 may keep the value neither past its logical expiry nor more than l1_ttl past
         # the moment the versions it was checked against were learned.
         return min(
             self._settings.l1_ttl,
-            hit.entry.expires_at - self._wall(),
+            hit.entry.expires_at - wall,
             hit.learned_at + self._settings.l1_ttl - self._clock(),
         )
 
     def _fill_from_l2(self, key: str, hit: L2Hit, ticket: Ticket) -> None:
-        l1_ttl = self._l1_ttl_for(hit)
+        wall = self._wall()
+        l1_ttl = self._l1_ttl_for(hit, wall)
         if l1_ttl > 0:
-            stale_for = hit.entry.expires_at + self._settings.stale_ttl - self._wall()
-            tags = [tag for tag, _ in hit.entry.tags]
-            self._l1.fill(key, hit.entry.value, l1_ttl, ticket, tags, stale_for)
+            entry = hit.entry
+            stale_for = entry.expires_at + self._settings.stale_ttl - wall
+            tags = [tag for tag, _ in entry.tags] if entry.tags else ()
+            self._l1.fill(key, entry.value, l1_ttl, ticket, tags, stale_for)
 
     def _corrupt(self, key: str, exc: CorruptEntryError) -> None:
         self._counters.l2_corrupt += 1

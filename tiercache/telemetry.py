@@ -145,6 +145,8 @@ RecordKeys = Literal["hash", "raw"] | None
 REFRESH_INTERVAL = 1.0
 
 _tracer = trace.get_tracer(TRACER_NAME, __version__)
+# Reusable: a nullcontext holds no state.
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 class _Observed(Protocol):
@@ -170,6 +172,7 @@ class Telemetry:
 
     __slots__ = (
         "_base",
+        "_duration_attrs",
         "_l2_base",
         "_record_keys",
         "enabled",
@@ -192,6 +195,7 @@ class Telemetry:
         self._record_keys = record_keys
         self._base: dict[str, Any] = {ATTR_NAMESPACE: namespace}
         self._l2_base: dict[str, Any] = {"db.system.name": "redis", ATTR_NAMESPACE: namespace}
+        self._duration_attrs: dict[tuple[str, str], dict[str, Any]] = {}
         if server is not None:
             self._l2_base["server.address"], self._l2_base["server.port"] = server
         #: Whether spans are recorded now (an SDK is installed and telemetry is on).
@@ -219,7 +223,7 @@ class Telemetry:
             # SDK installed later by themselves, write-only caches included.
             now = time.monotonic()
             if not self.enabled or now < self.next_refresh or not self.refresh(now):
-                return contextlib.nullcontext()
+                return _NO_SPAN
         return self._span(name, key, attributes)
 
     @contextlib.contextmanager
@@ -284,11 +288,11 @@ class Telemetry:
         if not self.enabled:
             return
         try:
-            attrs = {
-                ATTR_NAMESPACE: self._base[ATTR_NAMESPACE],
-                ATTR_TIER: tier,
-                ATTR_OPERATION: operation,
-            }
+            attrs = self._duration_attrs.get((tier, operation))
+            if attrs is None:  # a handful of (tier, operation) pairs: built once each
+                attrs = {ATTR_NAMESPACE: self._base[ATTR_NAMESPACE], ATTR_TIER: tier}
+                attrs[ATTR_OPERATION] = operation
+                self._duration_attrs[(tier, operation)] = attrs
             _instruments().duration.record(seconds, attrs)
         except Exception:  # telemetry must never break the cache
             pass
