@@ -309,3 +309,19 @@ def test_from_url_closes_its_client_when_an_option_is_bad(
         for client in built:  # break the client -> close -> client cycle
             del client.close
         built.clear()
+
+
+def test_from_url_with_rediss_user_password_and_db_builds_a_tls_acl_client() -> None:
+    """``rediss://user:pw@host:port/db`` gives a TLS client with that ACL user, database,
+    short timeouts and no retries, and a channel naming the database; no I/O happens."""
+    cache = TierCache.from_url("rediss://app:s3cret@127.0.0.1:6390/2", namespace="tls")
+    try:
+        pool = cache._l2.client.connection_pool  # type: ignore[union-attr]
+        kwargs = pool.connection_kwargs
+        assert pool.connection_class is redis.connection.SSLConnection
+        assert (kwargs["username"], kwargs["password"], kwargs["db"]) == ("app", "s3cret", 2)
+        assert kwargs["socket_timeout"] == 0.25
+        assert kwargs["retry"].get_retries() == 0
+        assert cache._coherence.bus.channel == "tiercache:inv:2:tls"  # type: ignore[union-attr]
+    finally:
+        cache.close()
