@@ -174,10 +174,6 @@ class RedisTier:
         """Run a one-key script from `script`."""
         return self._call(f"EVALSHA {operation}", script, keys=[key], args=list(args))
 
-    def ping(self) -> None:
-        """Round trip to check the connection and credentials."""
-        self._call("PING", self.client.ping)
-
     def close(self) -> None:
         """Close the client's connections."""
         with suppress(RedisError, OSError):

@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 __all__ = [
     "DEFAULT_BACKGROUND_WORKERS",
@@ -262,28 +261,3 @@ class Settings:
             trace_l1_hits=bool(trace_l1_hits),
             timer=timer,
         )
-
-    def describe(self) -> dict[str, Any]:
-        """The settings as a plain mapping (for logs and the demo)."""
-        return {
-            "namespace": self.namespace,
-            "ttl": self.ttl,
-            "l1_ttl": self.l1_ttl,
-            "l1_maxsize": self.l1_maxsize,
-            "max_key_length": self.max_key_length,
-            "compress_threshold": self.compress_threshold,
-            "max_value_bytes": self.max_value_bytes,
-            "lease_ttl": self.lease_ttl,
-            "lease_wait": self.lease_wait,
-            "breaker": self.breaker,
-            "stale_ttl": self.stale_ttl,
-            "fail_safe_throttle": self.fail_safe_throttle,
-            "soft_timeout": self.soft_timeout,
-            "hard_timeout": self.hard_timeout,
-            "refresh_ahead": self.refresh_ahead,
-            "none_ttl": self.none_ttl,
-            "background_workers": self.background_workers,
-            "telemetry": self.telemetry,
-            "record_keys": self.record_keys,
-            "trace_l1_hits": self.trace_l1_hits,
-        }
