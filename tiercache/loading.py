@@ -291,11 +291,11 @@ class ReadPath(ReadL2):
                 outcome: tuple[Any, Prepared] | None = self._call_loader(loader)
             else:
                 outcome = self._call_with_timeout(key, loader, ttl_s, tags, writer, timeout)
-        except Exception:
+        except Exception as exc:
             if writer is not None:
                 self._abort(writer)
-            if fallback is not None and self._l1.still_valid(ticket):
-                return self._serve_stale(key, fallback, ticket)
+            if fallback is not None:
+                return self._fail_safe(key, fallback, ticket, exc)
             raise
         except BaseException:
             if writer is not None:
@@ -303,9 +303,10 @@ class ReadPath(ReadL2):
             raise
         if outcome is None:
             # Timed out; the load goes on in the background and fills the cache when done.
-            if fallback is not None and self._l1.still_valid(ticket):
-                return self._serve_stale(key, fallback, ticket)
-            raise LoaderTimeoutError(f"the loader did not finish within {timeout:g} s")
+            error = LoaderTimeoutError(f"the loader did not finish within {timeout:g} s")
+            if fallback is not None:
+                return self._fail_safe(key, fallback, ticket, error)
+            raise error
         value, prepared = outcome
         self._store(key, value, prepared, ttl_s, tags, ticket, writer)
         self._telemetry.answered("loader", "miss", **{ATTR_VALUE_SIZE: len(prepared.payload)})
@@ -424,6 +425,24 @@ class ReadPath(ReadL2):
         self._coherence.leases.release(
             writer.rkey, writer.placeholder, writer.restore, writer.restore_ms
         )
+
+    def _fail_safe(self, key: str, fallback: Fallback, ticket: Ticket, error: Exception) -> Any:
+        """The loader failed with ``error`` and a stale value exists: serve it, unless a
+        write overtook the load, which made it older still; then serve what that write
+        stored (in L1, or in Redis for another instance's write), or raise ``error`` as if
+        there were nothing stale."""
+        if self._l1.still_valid(ticket):
+            return self._serve_stale(key, fallback, ticket)
+        entry = self._l1.get(key)
+        if entry is not None:
+            self._telemetry.answered("l1", "hit")
+            return entry[0]
+        if self._coherence is not None and self._l2_usable():
+            found = self._read_l2(key)  # another instance's write: its value is in Redis
+            if isinstance(found, L2Hit):
+                self._answered_l2(found)
+                return found.entry.value
+        raise error
 
     def _serve_stale(self, key: str, fallback: Fallback, ticket: Ticket) -> Any:
         """Serve ``fallback`` and keep it in L1 for ``fail_safe_throttle``: the loader is

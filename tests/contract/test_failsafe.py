@@ -467,6 +467,34 @@ def test_late_failing_load_leaves_nothing_cached(make_cache) -> None:
     assert wait_until(lambda: cache.get_or_set("k", loader) == "fresh")
 
 
+@pytest.mark.parametrize("writer", ["same instance", "another instance"])
+def test_a_write_during_a_failing_load_is_served_instead_of_the_stale_value_or_the_error(
+    make_cache, clock, writer
+) -> None:
+    """Fail-safe after an overtaken load: a set() during the load made the stale value older
+    still, so the caller gets the value that set() stored, neither the stale one nor the
+    loader's error."""
+    cache = make_cache(stale_ttl=STALE_TTL)
+    other = make_cache(stale_ttl=STALE_TTL) if writer == "another instance" else cache
+    cache.get_or_set("k", Loader("old"))
+    clock.advance(TTL + 1)  # expired, inside its fail-safe window
+    load = Gated(error=BoomError("database down"))
+    results: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: results.append(outcome(lambda: cache.get_or_set("k", load)))
+    )
+    thread.start()
+    try:
+        assert load.entered.wait(WAIT)
+        other.set("k", "new")
+        if other is not cache:  # the invalidation must reach the loading instance first
+            assert wait_until(lambda: "k" not in cache._l1.data)
+    finally:
+        load.gate.set()
+        thread.join(WAIT)
+    assert results == ["new"]
+
+
 # -- refresh-ahead -------------------------------------------------------------------------
 
 REFRESH = 0.8
