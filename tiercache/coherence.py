@@ -131,7 +131,9 @@ class Coherence:
     def flush_l1(self, reason: str) -> None:
         """Drop all of L1; what we know of versions may be as old, so forget it too."""
         self._counters.l1_flushes += 1
-        self._l1.flush()
+        # Subscribing (every process start) is no invalidation: callers may still join a
+        # load already running (one load per key, guarantee 4); its fill is refused anyway.
+        self._l1.flush(detach=reason != "subscribed")
         if reason != "clear":
             self.versions.forget()
 

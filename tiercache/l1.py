@@ -258,8 +258,9 @@ class LocalTier:
                 del self.held[key]
             self._on_invalidate(None)
 
-    def flush(self) -> None:
-        """Drop everything and overtake every load in flight."""
+    def flush(self, detach: bool = True) -> None:
+        """Drop everything and overtake every load in flight (their fills are refused). With
+        ``detach`` (an invalidation), later callers also stop joining those loads."""
         with self.lock:
             self._epoch += 1
             self.data.clear()
@@ -268,7 +269,8 @@ class LocalTier:
             self._tag_keys.clear()
             self._tag_refs = 0
             self.held.clear()
-            self._on_invalidate(None)
+            if detach:
+                self._on_invalidate(None)
 
     def reset_after_fork(self) -> None:
         """Fresh lock and empty state in a forked child (the parent's lock may be held)."""

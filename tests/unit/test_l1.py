@@ -405,3 +405,20 @@ def test_readers_never_see_a_value_after_its_invalidation_returned(fast_switchin
     assert completed[0] >= 100, completed  # the race was actually exercised...
     assert sum(hits) > 0  # ...with readers seeing live entries
     assert len(tier.data) <= 16
+
+
+def test_invalidations_detach_loads_in_flight_but_a_flush_at_subscription_does_not() -> None:
+    """Invalidating keys, tags or everything tells single-flight to stop handing out loads
+    that started before; the flush at (re)subscription refuses their fills only, so callers
+    keep joining a running load (one load per key, guarantee 4)."""
+    detached: list[object] = []
+    tier = LocalTier(maxsize=8, timer=FakeClock(), on_invalidate=detached.append)
+    ticket = tier.ticket("k")
+    tier.flush(detach=False)
+    assert detached == []
+    assert not tier.fill("k", "old", ttl=10, ticket=ticket)  # the fill is still refused
+    tier.invalidate(["k"])
+    tier.invalidate_tags(["t"])
+    tier.flush()
+    assert detached == [["k"], None, None]
+    tier.release(ticket)
