@@ -16,10 +16,13 @@ from .cache import TierCache
 from .codec import MsgpackSerializer, Serializer
 from .defaults import configure, get_default, reset_default
 from .errors import (
+    CircuitOpenError,
+    ConfigurationError,
     CorruptEntryError,
     L2Error,
     LoaderTimeoutError,
     NotConfiguredError,
+    ReentrantLoadError,
     SerializationError,
     TierCacheError,
 )
@@ -28,12 +31,15 @@ from .options import Breaker, Duration
 
 __all__ = [
     "Breaker",
+    "CircuitOpenError",
+    "ConfigurationError",
     "CorruptEntryError",
     "L2Error",
     "LoaderTimeoutError",
     "Memoized",
     "MsgpackSerializer",
     "NotConfiguredError",
+    "ReentrantLoadError",
     "SerializationError",
     "Serializer",
     "TierCache",

@@ -7,23 +7,33 @@ The tree::
     ├── SerializationError(..., TypeError)      a value cannot be encoded at ``set`` time
     ├── LoaderTimeoutError(..., TimeoutError)   the loader overran ``hard_timeout`` and
     │                                           there was no stale value to serve
+    ├── ReentrantLoadError(..., RuntimeError)   a loader asked for the key it is loading
+    │                                           (directly or through other keys)
+    ├── ConfigurationError                      Redis answers but cannot serve the cache
+    │                                           as configured (no Lua scripting, a database
+    │                                           index out of range, a TLS mismatch)
     └── L2Error                                 Redis trouble; raised in ``l2.py`` and
         ├── CorruptEntryError                   caught in ``cache.py``: counted, logged,
         │                                       turned into a miss (never reaches a reader)
         └── CircuitOpenError                    Redis skipped: the circuit breaker is open
 
 Bad arguments are plain `TypeError` / `ValueError` naming the argument, and
-exceptions raised by a loader propagate unchanged.
+exceptions raised by a loader propagate unchanged. Misconfiguration raises at the first
+operation that meets it: `ConfigurationError`, or redis-py's own ``AuthenticationError`` /
+``NoPermissionError`` for credentials and ACLs (also when an ACL refuses a command inside
+one of tiercache's Lua scripts).
 """
 
 from __future__ import annotations
 
 __all__ = [
     "CircuitOpenError",
+    "ConfigurationError",
     "CorruptEntryError",
     "L2Error",
     "LoaderTimeoutError",
     "NotConfiguredError",
+    "ReentrantLoadError",
     "SerializationError",
     "TierCacheError",
 ]
@@ -58,6 +68,27 @@ class LoaderTimeoutError(TierCacheError, TimeoutError):
     value to serve. The load goes on in the background and fills the cache when it ends.
 
     Since: 0.1.0
+    """
+
+
+class ReentrantLoadError(TierCacheError, RuntimeError):
+    """A loader asked, directly or through other keys' loaders, for the key it is loading.
+
+    Waiting would deadlock (the load waits for itself), so the inner call raises at once.
+    The message names the key's digest, never the key itself.
+
+    Since: 0.2.0
+    """
+
+
+class ConfigurationError(TierCacheError):
+    """Redis answers, but cannot serve this cache as configured: scripting (``EVALSHA``)
+    unavailable, a database index the server does not have, a TLS mismatch.
+
+    Misconfiguration is not trouble: instead of degrading silently to L1 + loader forever,
+    the operation that meets it raises this, with the cause and the fix in the message.
+
+    Since: 0.2.0
     """
 
 

@@ -38,8 +38,8 @@ from cachetools import LRUCache
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import L2Error
-from .l2 import CONFIG_ERRORS, RedisTier
+from .errors import ConfigurationError, L2Error
+from .l2 import CONFIG_ERRORS, RedisTier, misconfiguration
 from .messages import (
     OP_CLEAR,
     OP_KEYS,
@@ -195,11 +195,13 @@ class Bus:
         exc = self.config_error
         if exc is None:
             return
-        hint = (
-            f"tiercache cannot subscribe to its invalidation channel {self.channel!r}: {exc}. "
-            "Check the credentials, and that the Redis user may use that channel "
-            f"(ACL: &{self.channel} or allchannels) and PUBLISH/SUBSCRIBE."
-        )
+        hint = f"tiercache cannot subscribe to its invalidation channel {self.channel!r}: "
+        hint += str(exc).rstrip(". ") + "."
+        if not isinstance(exc, ConfigurationError):
+            hint += (
+                " Check the credentials, and that the Redis user may use that channel "
+                f"(ACL: &{self.channel} or allchannels) and PUBLISH/SUBSCRIBE."
+            )
         raise type(exc)(hint) from exc
 
     def close(self, timeout: float = 2.0) -> None:
@@ -243,8 +245,16 @@ class Bus:
         attempt = 0
         while not self._stop.is_set():
             try:
-                self._connect()
-                self._serve()
+                try:
+                    self._connect()
+                    self._serve()
+                except Exception as exc:
+                    # A database index out of range or a TLS mismatch refuses the subscriber
+                    # connection with a plain error: misconfiguration, not a lost connection.
+                    wrong = misconfiguration(exc, self._l2.db())
+                    if wrong is None:
+                        raise
+                    raise wrong from None
             except CONFIG_ERRORS as exc:
                 self.config_error = exc
                 self.probe_ok = False  # the bus cannot work: say so where dashboards look

@@ -5,13 +5,21 @@ Works with any redis-py client: ``Redis`` (standalone or a Sentinel master) and
 Every command goes through the circuit breaker (``resilience.py``): while it is open, calls
 fail at once with `CircuitOpenError` instead of waiting for a timeout.
 
-Misconfiguration is not trouble: authentication and ACL permission errors propagate unchanged
+Misconfiguration is not trouble: authentication and ACL permission errors propagate
 (redis-py's ``AuthenticationError`` is a ``ConnectionError``: it is singled out first), so a
-wrong password is a clear error instead of a silent miss forever.
+wrong password is a clear error instead of a silent miss forever. Some misconfiguration
+arrives as a plain error reply and is recognised by its text (`misconfiguration`): an ACL
+refusal inside a Lua script, a server without scripting, a database index the server does
+not have, a TLS handshake that fails on a certificate or protocol mismatch.
+
+Client-side errors (a value redis-py cannot encode) are the caller's, not Redis trouble:
+they propagate unchanged and never count against the breaker.
 """
 
 from __future__ import annotations
 
+import re
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -20,8 +28,10 @@ from typing import Any, TypeVar
 import redis
 from redis.exceptions import (
     AuthenticationError,
+    DataError,
     NoPermissionError,
     RedisError,
+    ResponseError,
 )
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
@@ -30,19 +40,86 @@ from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
 
-from .errors import CircuitOpenError, L2Error
+from .errors import CircuitOpenError, ConfigurationError, L2Error
 from .resilience import CLOSED, CircuitBreaker
 from .telemetry import Telemetry
 
-__all__ = ["CONFIG_ERRORS", "RedisTier"]
+__all__ = ["CONFIG_ERRORS", "RedisTier", "misconfiguration"]
 
 R = TypeVar("R")
 
-#: Raised by redis-py for a wrong password or a missing ACL permission: misconfiguration
-#: that the user must see, not transient trouble to degrade around.
-CONFIG_ERRORS = (AuthenticationError, NoPermissionError)
+#: Misconfiguration that the user must see, not transient trouble to degrade around: a wrong
+#: password, a missing ACL permission, and what `misconfiguration` recognises.
+CONFIG_ERRORS = (AuthenticationError, NoPermissionError, ConfigurationError)
 # Redis did not answer: these count against the breaker. Any other error is a reply.
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Raised on our side before anything is sent: a bug at the call site, not Redis trouble.
+_CLIENT_SIDE = (DataError, TypeError, ValueError)
+_NO_SCRIPTING = re.compile(r"unknown command [`']?(evalsha|eval|script)\b", re.IGNORECASE)
+# redis-py prefixes a pipeline's error with the command and its arguments: raw keys and
+# the first bytes of values, which must not reach logs or exception texts.
+_PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
+
+
+def _without_arguments(exc: BaseException) -> str:
+    return _PIPELINE_PREFIX.sub("", str(exc)).rstrip(". ")
+
+
+def misconfiguration(exc: BaseException, db: int = 0) -> Exception | None:
+    """The error to raise instead of ``exc`` if it reveals misconfiguration, else None.
+
+    Since: 0.2.0
+    """
+    if isinstance(exc, NoPermissionError | AuthenticationError):
+        # Same type (callers may catch redis-py's), without the pipeline's raw arguments.
+        return type(exc)(_without_arguments(exc))
+    if isinstance(exc, ResponseError):
+        text = _without_arguments(exc)
+        if "can't run this command" in text or "no permissions" in text.lower():
+            # An ACL refusal inside a Lua script comes back as a plain error reply.
+            return NoPermissionError(
+                f"{text} (a command inside a tiercache Lua script was refused: the Redis user "
+                "needs +@read +@write +@scripting +@pubsub on the namespace's keys)"
+            )
+        if _NO_SCRIPTING.search(text):
+            return ConfigurationError(
+                "this Redis server does not run Lua scripts (EVALSHA/SCRIPT are unavailable: "
+                "renamed, disabled, or a managed service without scripting); tiercache needs "
+                "them for leases, versions and clear(). With fakeredis, install its Lua "
+                "support: pip install 'fakeredis[lua]'"
+            )
+        if "DB index is out of range" in text:
+            return ConfigurationError(
+                f"Redis refused database {db}: DB index is out of range (the server has fewer "
+                "databases; see its 'databases' setting, or use another index in the URL)"
+            )
+        return None
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return ConfigurationError(
+                f"TLS handshake with Redis failed: {cause}. Check that the server speaks "
+                "TLS on that port (rediss://) and the certificates and CA it is given"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _describe(operation: str, exc: BaseException) -> str:
+    text = _without_arguments(exc)
+    if isinstance(exc, RedisTimeoutError) and _handshake_timed_out(exc):
+        # A TLS client to a plain port waits for a handshake that never comes.
+        text += " (TLS handshake timed out: is the server speaking TLS on that port?)"
+    return f"redis {operation} failed: {type(exc).__name__}: {text}"
+
+
+def _handshake_timed_out(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if "handshake" in str(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 class RedisTier:
@@ -111,15 +188,19 @@ class RedisTier:
         breaker = self.breaker
         try:
             result = fn(*args, **kwargs)
-        except CONFIG_ERRORS:
-            breaker.success()
+        except _CLIENT_SIDE:
+            breaker.cancel_probe()
             raise
-        except _UNREACHABLE as exc:
-            breaker.failure()
-            raise L2Error(f"redis {operation} failed: {type(exc).__name__}: {exc}") from exc
-        except RedisError as exc:
-            breaker.success()
-            raise L2Error(f"redis {operation} failed: {type(exc).__name__}: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            wrong = misconfiguration(exc, self.db())
+            if wrong is not None:
+                breaker.success()  # Redis (or the TLS layer) answered: it is not down
+                raise wrong from None
+            if isinstance(exc, _UNREACHABLE):
+                breaker.failure()
+            else:
+                breaker.success()
+            raise L2Error(_describe(operation, exc)) from exc
         except BaseException:
             # Interrupted (KeyboardInterrupt, a gevent Timeout): the outcome is unknown, and
             # a half-open probe must report something or every later call is skipped.

@@ -123,6 +123,16 @@ class CircuitBreaker:
                 self._reset_after,
             )
 
+    def cancel_probe(self) -> None:
+        """The call `allow` let through never reached Redis (a client-side error): it proves
+        nothing, so let the next caller probe instead of skipping Redis for good."""
+        if self.state == CLOSED:
+            return
+        with self._lock:
+            if self.state == HALF_OPEN:
+                self.state = OPEN
+                self._probing = False
+
     def reset(self) -> None:
         """Closed, with no history and a fresh lock (after a fork: the child has its own
         connections, and a parent thread may have held the lock at fork time)."""

@@ -1145,3 +1145,49 @@ def test_close_leaves_a_caller_owned_client_open(make_cache, redis_client) -> No
     cache.close()
 
     assert redis_client.ping() is True
+
+
+# -- re-entrant loaders ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{}, {"hard_timeout": 5.0}], ids=["inline", "timeout"])
+def test_a_loader_asking_for_its_own_key_raises_instead_of_deadlocking(
+    make_cache, options: dict[str, Any]
+) -> None:
+    """get_or_set inside its own loader (also on a timeout's background thread) raises
+    ReentrantLoadError at once, and the key is usable afterwards."""
+    cache = make_cache(**options)
+    done = threading.Event()
+    outcome: list[BaseException] = []
+
+    def loader() -> str:
+        return cache.get_or_set("user:1", loader) + "!"
+
+    def call() -> None:
+        try:
+            cache.get_or_set("user:1", loader)
+        except BaseException as exc:
+            outcome.append(exc)
+        done.set()
+
+    threading.Thread(target=call, daemon=True).start()
+    assert done.wait(WAIT), "get_or_set deadlocked on a re-entrant loader"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], tiercache.ReentrantLoadError)
+    assert isinstance(outcome[0], RuntimeError)
+    assert cache.get_or_set("user:1", lambda: "fine") == "fine"
+
+
+def test_a_loader_cycle_through_two_keys_raises(make_cache) -> None:
+    """A's loader asks for B, whose loader asks for A: ReentrantLoadError, no deadlock."""
+    cache = make_cache()
+
+    def load_a() -> str:
+        return "a" + cache.get_or_set("b", load_b)
+
+    def load_b() -> str:
+        return "b" + cache.get_or_set("a", load_a)
+
+    with pytest.raises(tiercache.ReentrantLoadError):
+        cache.get_or_set("a", load_a)
+    assert cache.get_or_set("a", lambda: "A") == "A"

@@ -12,12 +12,15 @@ import tiercache
 
 EXPECTED_ALL = [
     "Breaker",
+    "CircuitOpenError",
+    "ConfigurationError",
     "CorruptEntryError",
     "L2Error",
     "LoaderTimeoutError",
     "Memoized",
     "MsgpackSerializer",
     "NotConfiguredError",
+    "ReentrantLoadError",
     "SerializationError",
     "Serializer",
     "TierCache",
@@ -66,6 +69,11 @@ def test_exported_exceptions_form_the_documented_tree() -> None:
     assert issubclass(tiercache.SerializationError, TypeError)
     assert issubclass(tiercache.L2Error, tiercache.TierCacheError)
     assert issubclass(tiercache.CorruptEntryError, tiercache.L2Error)
+    assert issubclass(tiercache.CircuitOpenError, tiercache.L2Error)
+    assert issubclass(tiercache.ReentrantLoadError, (tiercache.TierCacheError, RuntimeError))
+    assert issubclass(tiercache.ReentrantLoadError, RuntimeError)
+    assert issubclass(tiercache.ConfigurationError, tiercache.TierCacheError)
+    assert not issubclass(tiercache.ConfigurationError, tiercache.L2Error)  # never a miss
 
 
 def test_the_package_has_modules_to_check() -> None:

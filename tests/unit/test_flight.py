@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.support import WAIT, run_threads
+from tests.support import WAIT, run_threads, wait_for
 from tiercache import flight
-from tiercache.flight import SingleFlight
+from tiercache.errors import ReentrantLoadError
+from tiercache.flight import LoadFailedError, SingleFlight
 
 
 class ObservedEvent(threading.Event):
@@ -255,3 +257,212 @@ def test_finished_leader_does_not_remove_a_newer_call_for_its_key() -> None:
     assert not thread.is_alive()
     assert calls == ["new"]
     assert new_outcome == [("new", True)]
+
+
+# -- re-entrance and per-waiter exceptions ----------------------------------------------------
+
+
+def test_a_load_that_asks_for_its_own_key_raises_at_once() -> None:
+    """fn calling run() on its own key raises ReentrantLoadError instead of deadlocking."""
+    sf = SingleFlight()
+    seen: list[BaseException] = []
+
+    def load() -> str:
+        try:
+            sf.run("user:secret", lambda: "inner")
+        except ReentrantLoadError as exc:
+            seen.append(exc)
+            raise
+        return "outer"
+
+    with pytest.raises(ReentrantLoadError, match="key digest [0-9a-f]{16}"):
+        sf.run("user:secret", load)
+    assert len(seen) == 1
+    assert "secret" not in str(seen[0])  # the raw key is not in the message
+    assert sf.in_flight() == 0
+    assert sf.run("user:secret", lambda: 1) == (1, True)  # nothing left behind
+
+
+def test_a_cycle_through_other_keys_in_one_thread_raises() -> None:
+    """A -> B -> A in one thread raises; the inner B's caller sees the error."""
+    sf = SingleFlight()
+
+    def load_b() -> str:
+        return str(sf.run("a", lambda: "never")[0])
+
+    def load_a() -> str:
+        return str(sf.run("b", load_b)[0])
+
+    with pytest.raises(ReentrantLoadError):
+        sf.run("a", load_a)
+    assert sf.in_flight() == 0
+
+
+def test_a_cycle_across_two_threads_raises_in_one_of_them() -> None:
+    """Thread 1 loads A and waits for B while thread 2 loads B and waits for A: one of
+    them raises ReentrantLoadError at once, so neither waits forever."""
+    sf = SingleFlight()
+    both_leading = threading.Barrier(2, timeout=WAIT)
+    outcomes: dict[str, object] = {}
+
+    def load(mine: str, other: str) -> str:
+        both_leading.wait()
+        try:
+            return f"{mine}+{sf.run(other, lambda: other)[0]}"
+        except ReentrantLoadError as exc:
+            outcomes[f"{mine} refused"] = exc
+            raise
+
+    def caller(mine: str, other: str) -> None:
+        try:
+            outcomes[mine] = sf.run(mine, lambda: load(mine, other))[0]
+        except ReentrantLoadError as exc:
+            outcomes[mine] = exc
+
+    run_threads([lambda: caller("a", "b"), lambda: caller("b", "a")])
+    refused = [key for key in ("a", "b") if isinstance(outcomes[key], ReentrantLoadError)]
+    assert refused, outcomes
+    assert sf.in_flight() == 0
+
+
+def test_a_load_moved_to_another_thread_keeps_its_reentrance_check() -> None:
+    """The loading stack travels with the context, as a loader run by a timeout on a
+    background thread (in a copy of the caller's context) does."""
+    sf = SingleFlight()
+    result: list[BaseException] = []
+
+    def load() -> str:
+        context = contextvars.copy_context()
+        worker = threading.Thread(
+            target=lambda: context.run(lambda: _catch(result, lambda: sf.run("k", str))),
+            daemon=True,
+        )
+        worker.start()
+        worker.join(WAIT)
+        assert not worker.is_alive(), "the re-entrant call deadlocked"
+        return "outer"
+
+    assert sf.run("k", load) == ("outer", True)
+    assert len(result) == 1
+    assert isinstance(result[0], ReentrantLoadError)
+
+
+def _catch(into: list[BaseException], fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except BaseException as exc:
+        into.append(exc)
+
+
+def test_each_waiter_raises_its_own_copy_with_a_short_traceback(
+    waiting: Callable[[int], None],
+) -> None:
+    """Waiters get distinct exception objects of the loader's type, chained to the
+    original, whose traceback does not grow with the number of waiters."""
+    sf = SingleFlight()
+    callers = 30
+    barrier = threading.Barrier(callers, timeout=WAIT)
+    raised: list[BaseException] = []
+    lock = threading.Lock()
+
+    class DatabaseDownError(Exception):
+        pass
+
+    original = DatabaseDownError("db down")
+
+    def load() -> None:
+        waiting(callers - 1)
+        raise original
+
+    def caller() -> None:
+        barrier.wait()
+        try:
+            sf.run("k", load)
+        except DatabaseDownError as exc:
+            with lock:
+                raised.append(exc)
+
+    run_threads([caller] * callers)
+    assert len(raised) == callers
+    assert len({id(exc) for exc in raised}) == callers
+    copies = [exc for exc in raised if exc is not original]
+    assert len(copies) == callers - 1
+    assert all(exc.__cause__ is original and str(exc) == "db down" for exc in copies)
+    depth = 0
+    tb = original.__traceback__
+    while tb is not None:
+        depth += 1
+        tb = tb.tb_next
+    assert depth < 10, f"the loader's traceback grew to {depth} frames"
+
+
+def test_an_exception_that_cannot_be_copied_reaches_waiters_chained() -> None:
+    """An exception type whose constructor does not accept its args is raised to waiters
+    as LoadFailedError chained to the original."""
+    sf = SingleFlight()
+    started, release = threading.Event(), threading.Event()
+    raised: list[BaseException] = []
+
+    class Picky(Exception):
+        def __init__(self, code: int, detail: str) -> None:
+            super().__init__(f"{code}: {detail}")
+
+    def load() -> None:
+        started.set()
+        release.wait(WAIT)
+        raise Picky(500, "boom")
+
+    def leader() -> None:
+        _catch(raised, lambda: sf.run("k", load))
+
+    def follower() -> None:
+        started.wait(WAIT)
+        _catch(raised, lambda: sf.run("k", load))
+
+    lead = threading.Thread(target=leader, daemon=True)
+    follow = threading.Thread(target=follower, daemon=True)
+    lead.start()
+    follow.start()
+    started.wait(WAIT)
+    wait_for(lambda: sf._calls["k"].done is not None, WAIT, "the follower to wait")
+    release.set()
+    lead.join(WAIT)
+    follow.join(WAIT)
+    kinds = sorted(type(exc).__name__ for exc in raised)
+    assert kinds == ["LoadFailedError", "Picky"]
+    failed = next(exc for exc in raised if isinstance(exc, LoadFailedError))
+    assert isinstance(failed.__cause__, Picky)
+
+
+def test_waiters_do_not_raise_the_leaders_keyboard_interrupt() -> None:
+    """A BaseException that is not an Exception stays in the leader's thread: a waiter
+    runs the load again and gets its value."""
+    sf = SingleFlight()
+    started, release = threading.Event(), threading.Event()
+    outcomes: list[object] = []
+
+    def interrupted() -> None:
+        started.set()
+        release.wait(WAIT)
+        raise KeyboardInterrupt
+
+    def leader() -> None:
+        try:
+            sf.run("k", interrupted)
+        except KeyboardInterrupt:
+            outcomes.append("leader interrupted")
+
+    def follower() -> None:
+        started.wait(WAIT)
+        outcomes.append(sf.run("k", lambda: "reloaded"))
+
+    lead = threading.Thread(target=leader, daemon=True)
+    follow = threading.Thread(target=follower, daemon=True)
+    lead.start()
+    follow.start()
+    started.wait(WAIT)
+    wait_for(lambda: sf._calls["k"].done is not None, WAIT, "the follower to wait")
+    release.set()
+    lead.join(WAIT)
+    follow.join(WAIT)
+    assert sorted(map(str, outcomes)) == ["('reloaded', True)", "leader interrupted"]
