@@ -13,6 +13,8 @@ import os
 import random
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -191,6 +193,7 @@ class TierCache(TracedReads, WritePath, ReadPath):
         self._counters = Counters()
         self._l2_log = RateLimitedLog()
         self._corrupt_logged: LRUCache[str, bool] = LRUCache(maxsize=1024)
+        self._unstorable_logged: LRUCache[str, bool] = LRUCache(maxsize=1024)
         self._pending = PendingWrites()
         self._background = Background(settings.background_workers, "tiercache-load")
         # Guards _refreshing: keys with a refresh-ahead in flight in this instance.
@@ -220,6 +223,15 @@ class TierCache(TracedReads, WritePath, ReadPath):
         self._next_tick = 0.0
         self._shadowed = False
         forking.track(self)
+        # A cache dropped without close() must not keep its listener thread and connections
+        # forever (test suites and request-scoped code create many): stop them when it is
+        # collected, and say so, as an unclosed file does. Not at interpreter exit: a
+        # module-level cache that lives as long as the process is not a leak.
+        self._owned: list[RedisTier] = []
+        self._finalizer = weakref.finalize(
+            self, _abandoned, repr(self), self._coherence, self._background, self._owned
+        )
+        self._finalizer.atexit = False
         if settings.telemetry:
             report_metrics(self)
             self._follow_tracing(time.monotonic())
@@ -249,6 +261,8 @@ class TierCache(TracedReads, WritePath, ReadPath):
             client.close()
             raise
         cache._owns_client = True
+        if cache._l2 is not None:
+            cache._owned.append(cache._l2)
         return cache
 
     # -- reads -------------------------------------------------------------------------
@@ -414,6 +428,8 @@ class TierCache(TracedReads, WritePath, ReadPath):
         """
         tag_list = check_tags(tags, "tags")
         self._check_open()
+        if not tag_list:
+            return  # nothing to invalidate: no message, no epoch that detaches loads
         self._counters.tag_invalidations += len(tag_list)
         try:
             if self._coherence is not None:
@@ -468,6 +484,7 @@ class TierCache(TracedReads, WritePath, ReadPath):
         snapshot = self._counters.snapshot()
         snapshot["l1_hits"] += self._l1_hits
         snapshot["l1_size"] = len(self._l1)
+        snapshot["l1_held"] = len(self._l1.held)
         snapshot["l1_maxsize"] = self._l1.maxsize
         if self._breaker is not None:
             snapshot["breaker_state"] = self._breaker.state
@@ -506,6 +523,7 @@ class TierCache(TracedReads, WritePath, ReadPath):
         if self._closed:
             return
         self._closed = True
+        self._finalizer.detach()
         if self._coherence is not None:
             self._coherence.close()
         self._background.close()
@@ -604,3 +622,21 @@ class TierCache(TracedReads, WritePath, ReadPath):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
+
+
+def _abandoned(
+    label: str, coherence: Coherence | None, background: Background, owned: list[RedisTier]
+) -> None:
+    """Release what a cache collected without `TierCache.close` still holds (it must not
+    reference the cache itself, or it would keep it alive)."""
+    background.close(timeout=0)
+    if coherence is None:
+        return  # L1 only: no connection or listener was left behind
+    coherence.close(timeout=0)  # the listener notices within one poll and exits
+    for l2 in owned:
+        l2.close()
+    warnings.warn(
+        f"{label} was never closed: call close() or use it as a context manager",
+        ResourceWarning,
+        stacklevel=2,
+    )

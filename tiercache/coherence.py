@@ -144,6 +144,6 @@ class Coherence:
         self.bus.reset_after_fork()
         self.versions.reset_after_fork()
 
-    def close(self) -> None:
-        """Stop the listener."""
-        self.bus.close()
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the listener (waiting at most ``timeout`` seconds for it)."""
+        self.bus.close(timeout)

@@ -26,15 +26,25 @@ import redis
 
 from ._version import __version__
 from .cache import TierCache
+from .l2 import CONFIG_ERRORS as MISCONFIGURED
 from .memoizing import Memoized
 
-__all__ = ["EXIT_NO_FAKEREDIS", "EXIT_NO_REDIS", "EXIT_OK", "NAMESPACE", "run"]
+__all__ = [
+    "EXIT_MISCONFIGURED",
+    "EXIT_NO_FAKEREDIS",
+    "EXIT_NO_REDIS",
+    "EXIT_OK",
+    "NAMESPACE",
+    "run",
+]
 
 EXIT_OK = 0
 #: Redis at ``--url`` could not be reached.
 EXIT_NO_REDIS = 1
 #: No URL and no fakeredis to embed.
 EXIT_NO_FAKEREDIS = 2
+#: Redis answers but cannot serve the cache (no Lua scripting, credentials, ACLs, ...).
+EXIT_MISCONFIGURED = 3
 
 T = TypeVar("T")
 
@@ -532,7 +542,12 @@ def run(url: str | None = None, out: TextIO | None = None, *, trace: bool = Fals
     CALLS.clear()
     with _caches(url, namespace, out) as (a, b):
         print(f'Namespace: {namespace} (Redis keys are "{namespace}:{{key}}")', file=out)
-        a.clear()  # leftovers of an interrupted earlier run
+        try:
+            a.clear()  # leftovers of an interrupted earlier run
+        except MISCONFIGURED as exc:
+            where = "the embedded fakeredis" if url is None else f"Redis at {_redact(url)}"
+            print(f"Cannot use {where}: {exc}", file=sys.stderr)
+            return EXIT_MISCONFIGURED
         demo = _Demo(out, a, b)
         try:
             for step in (_cold_load, _l1_hits, _batches, _eviction, _second_instance, _memoize):

@@ -42,17 +42,21 @@ SWEEP_INTERVAL = 5.0
 
 
 class _Bookkeeper(LRUCache[str, None]):
-    """LRU order and size bound of the keys in the read map; an eviction also drops the
-    entry from the read map. Relies on LRUCache calling the overridden `popitem` when it
-    is full (pinned by tests/unit/test_l1.py)."""
+    """LRU order and size bound of the keys in the read map and the held map; an eviction
+    also drops the key from both. Relies on LRUCache calling the overridden `popitem` when
+    it is full (pinned by tests/unit/test_l1.py)."""
 
-    def __init__(self, maxsize: int, data: dict[str, Any]) -> None:
+    def __init__(
+        self, maxsize: int, data: dict[str, Any], held: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(maxsize)
         self._read_map = data
+        self._held = {} if held is None else held
 
     def popitem(self) -> tuple[str, None]:
         key, marker = super().popitem()
         self._read_map.pop(key, None)
+        self._held.pop(key, None)
         return key, marker
 
 
@@ -111,7 +115,11 @@ class LocalTier:
         # Guards data (writes), _book, _epoch, _inflight, _tag_keys and _next_sweep.
         # Never held across I/O or a loader.
         self.lock = threading.Lock()
-        self._book = _Bookkeeper(maxsize, self.data)
+        #: key -> (stale value, until, tags): values served stale by the fail-safe, held for
+        #: ``fail_safe_throttle`` so the loader is not hammered; never served by get(). A key
+        #: held counts against ``maxsize`` like an entry (one LRU over both maps).
+        self.held: dict[str, tuple[Any, float, tuple[str, ...]]] = {}
+        self._book = _Bookkeeper(maxsize, self.data, self.held)
         # Bumped by every flush: tickets taken before it can no longer fill.
         self._epoch = 0
         # key -> [outstanding tickets, generation]; only keys with a load in progress, so it
@@ -125,9 +133,6 @@ class LocalTier:
         # Told which keys (None: all) an invalidation overtook, e.g. so single-flight stops
         # handing out loads that started before it (field-notes 16).
         self._on_invalidate = on_invalidate or _ignore
-        #: key -> (stale value, until, tags): values served stale by the fail-safe, held for
-        #: ``fail_safe_throttle`` so the loader is not hammered; never served by get().
-        self.held: dict[str, tuple[Any, float, tuple[str, ...]]] = {}
 
     def __len__(self) -> int:
         return len(self.data)
@@ -179,7 +184,10 @@ class LocalTier:
         """Keep a value served stale for ``seconds``, unless ``ticket`` was overtaken."""
         with self.lock:
             if ticket.epoch == self._epoch and ticket.record[1] == ticket.generation:
-                self.held[key] = (value, self.timer() + seconds, tuple(tags))
+                now = self.timer()
+                self._before_fills(now)
+                self._book[key] = None  # may evict the least recently used key
+                self.held[key] = (value, now + seconds, tuple(tags))
 
     def held_value(self, key: str) -> tuple[bool, Any]:
         """``(True, value)`` if a stale value is held for ``key`` right now. Lock-free."""
@@ -214,6 +222,7 @@ class LocalTier:
                 # Nothing to store, but the older value must not stay readable.
                 self._bump(key)
                 self.data.pop(key, None)
+                self.held.pop(key, None)
                 self._book.pop(key, None)
                 return False
             now = self.timer()
@@ -256,6 +265,8 @@ class LocalTier:
                     self.held.pop(key, None)
             for key in [key for key, held in self.held.items() if tags.intersection(held[2])]:
                 del self.held[key]
+                if key not in self.data:
+                    self._book.pop(key, None)
             self._on_invalidate(None)
 
     def flush(self, detach: bool = True) -> None:
@@ -304,10 +315,11 @@ class LocalTier:
     ) -> bool:
         if ticket is None:
             self._bump(key)
-            self.held.pop(key, None)
             self._on_invalidate((key,))
         elif ticket.epoch != self._epoch or ticket.record[1] != ticket.generation:
             return False
+        # A fresh value supersedes a stale one held for the fail-safe.
+        self.held.pop(key, None)
         self._book[key] = None  # may evict the least recently used entry
         self.data[key] = (value, deadline, stale_until)
         for tag in tags:
@@ -329,7 +341,12 @@ class LocalTier:
             expired = [key for key, entry in self.data.items() if entry[2] <= now]
             for key in expired:
                 del self.data[key]
-                self._book.pop(key, None)
+            ended = [key for key, held in self.held.items() if held[1] <= now]
+            for key in ended:
+                del self.held[key]
+            for key in (*expired, *ended):
+                if key not in self.data and key not in self.held:
+                    self._book.pop(key, None)
 
     def _bump(self, key: str) -> None:
         record = self._inflight.get(key)

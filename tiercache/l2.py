@@ -71,8 +71,10 @@ def misconfiguration(exc: BaseException, db: int = 0) -> Exception | None:
     Since: 0.2.0
     """
     if isinstance(exc, NoPermissionError | AuthenticationError):
-        # Same type (callers may catch redis-py's), without the pipeline's raw arguments.
-        return type(exc)(_without_arguments(exc))
+        if _PIPELINE_PREFIX.match(str(exc)):
+            # Same type (callers may catch redis-py's), without the pipeline's raw arguments.
+            return type(exc)(_without_arguments(exc))
+        return exc
     if isinstance(exc, ResponseError):
         text = _without_arguments(exc)
         if "can't run this command" in text or "no permissions" in text.lower():

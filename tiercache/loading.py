@@ -30,16 +30,18 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from cachetools import LRUCache
+
 from .background import Background
 from .coherence import Stamp
 from .entry import Lease, Prepared
-from .errors import L2Error, LoaderTimeoutError
+from .errors import L2Error, LoaderTimeoutError, SerializationError
 from .flight import SingleFlight
 from .keys import check_key, check_tags
 from .l1 import Ticket
 from .options import Duration, check_optional_ttl
 from .reading import Fallback, L2Hit, L2Stale, ReadL2
-from .stats import RateLimitedLog
+from .stats import RateLimitedLog, key_digest, log
 from .telemetry import ATTR_COALESCED, ATTR_VALUE_SIZE, SPAN_GET, SPAN_GET_OR_SET, Telemetry
 
 __all__ = ["ReadPath"]
@@ -77,6 +79,7 @@ class ReadPath(ReadL2):
     _refreshing: set[str]
     _refreshing_lock: threading.Lock
     _telemetry: Telemetry
+    _unstorable_logged: LRUCache[str, bool]
 
     if TYPE_CHECKING:
 
@@ -90,12 +93,20 @@ class ReadPath(ReadL2):
     def _get_or_set_miss(
         self, key: Any, loader: Callable[[], T], ttl: Duration | None, tags: Iterable[str]
     ) -> T:
-        key = check_key(key, self._settings.max_key_length)
+        checked = check_key(key, self._settings.max_key_length)
         if not callable(loader):
             raise TypeError(f"loader must be a callable taking no arguments, not {loader!r}")
         ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
         tag_list = check_tags(tags)
         self._check_open()
+        if checked is not key:
+            # A str subclass (e.g. a ``(str, Enum)`` member) hashes unlike its text: the
+            # hot path missed, but L1 may hold the plain key.
+            key = checked
+            entry = self._l1.get(key)
+            if entry is not None:
+                self._counters.l1_hits += 1
+                return entry[0]  # type: ignore[no-any-return]
         with self._telemetry.span(SPAN_GET_OR_SET, key):
             self._start_listener()
             self._counters.l1_misses += 1
@@ -123,8 +134,14 @@ class ReadPath(ReadL2):
             return value  # type: ignore[no-any-return]
 
     def _get_miss(self, key: Any, default: Any) -> Any:
-        key = check_key(key, self._settings.max_key_length)
+        checked = check_key(key, self._settings.max_key_length)
         self._check_open()
+        if checked is not key:  # see _get_or_set_miss
+            key = checked
+            entry = self._l1.get(key)
+            if entry is not None:
+                self._counters.l1_hits += 1
+                return entry[0]
         with self._telemetry.span(SPAN_GET, key):
             self._counters.l1_misses += 1
             if self._l2 is None:
@@ -288,7 +305,7 @@ class ReadPath(ReadL2):
             timeout = settings.soft_timeout
         try:
             if timeout is None:
-                outcome: tuple[Any, Prepared] | None = self._call_loader(loader)
+                outcome: tuple[Any, Prepared | None] | None = self._call_loader(key, loader)
             else:
                 outcome = self._call_with_timeout(key, loader, ttl_s, tags, writer, timeout)
         except Exception as exc:
@@ -308,11 +325,17 @@ class ReadPath(ReadL2):
                 return self._fail_safe(key, fallback, ticket, error)
             raise error
         value, prepared = outcome
+        if prepared is None:
+            if writer is not None:
+                self._abort(writer)
+            self._telemetry.answered("loader", "miss")
+            return value
         self._store(key, value, prepared, ttl_s, tags, ticket, writer)
         self._telemetry.answered("loader", "miss", **{ATTR_VALUE_SIZE: len(prepared.payload)})
         return value
 
-    def _call_loader(self, loader: Callable[[], Any]) -> tuple[Any, Prepared]:
+    def _call_loader(self, key: str, loader: Callable[[], Any]) -> tuple[Any, Prepared | None]:
+        """The loader's value and its encoding (None: it cannot be stored)."""
         self._counters.loads += 1
         try:
             if self._telemetry.enabled:
@@ -323,9 +346,28 @@ class ReadPath(ReadL2):
         except BaseException:
             self._counters.load_errors += 1
             raise
-        # Every load path encodes, so an unstorable value fails the same way with or
-        # without Redis (a SerializationError naming its type).
-        return value, self._codec.prepare(value)
+        # Every load path encodes, so a value is stored the same way with or without Redis.
+        try:
+            return value, self._codec.prepare(value)
+        except (SerializationError, ValueError) as exc:
+            self._unstorable(key, value, exc)
+            return value, None
+
+    def _unstorable(self, key: str, value: Any, exc: Exception) -> None:
+        """The loader did its job: its value is returned to the caller, uncached (each call
+        loads again), counted, and logged once per key."""
+        self._counters.unstorable += 1
+        digest = key_digest(key)
+        if digest not in self._unstorable_logged:
+            self._unstorable_logged[digest] = True
+            log.warning(
+                "tiercache: the value loaded for key digest %s in namespace %r (%s) cannot be "
+                "cached and is returned uncached, so every call loads it again: %s",
+                digest,
+                self._settings.namespace,
+                type(value).__qualname__,
+                exc,
+            )
 
     def _call_with_timeout(
         self,
@@ -335,19 +377,19 @@ class ReadPath(ReadL2):
         tags: list[str],
         writer: _LeaseWriter | None,
         timeout: float,
-    ) -> tuple[Any, Prepared] | None:
+    ) -> tuple[Any, Prepared | None] | None:
         """The loader's outcome within ``timeout``, or None (it goes on in the background)."""
         late_ticket = self._l1.ticket(key)  # taken before the load, for a late fill
-        future = self._background.submit(lambda: self._call_loader(loader))
+        future = self._background.submit(lambda: self._call_loader(key, loader))
         if future is None:  # every worker busy: run it here, without a timeout
             self._l1.release(late_ticket)
-            return self._call_loader(loader)
+            return self._call_loader(key, loader)
         try:
-            outcome: tuple[Any, Prepared] = future.result(timeout)
+            outcome: tuple[Any, Prepared | None] = future.result(timeout)
         except FutureTimeout:
             self._counters.load_timeouts += 1
 
-            def finish(done: Future[tuple[Any, Prepared]]) -> None:
+            def finish(done: Future[tuple[Any, Prepared | None]]) -> None:
                 self._finish_late(done, key, ttl_s, tags, late_ticket, writer)
 
             future.add_done_callback(finish)
@@ -360,7 +402,7 @@ class ReadPath(ReadL2):
 
     def _finish_late(
         self,
-        done: Future[tuple[Any, Prepared]],
+        done: Future[tuple[Any, Prepared | None]],
         key: str,
         ttl_s: float,
         tags: list[str],
@@ -368,11 +410,13 @@ class ReadPath(ReadL2):
         writer: _LeaseWriter | None,
     ) -> None:
         try:
-            if done.cancelled() or done.exception() is not None:
+            prepared = None
+            if not done.cancelled() and done.exception() is None:
+                value, prepared = done.result()
+            if prepared is None:
                 if writer is not None:
                     self._abort(writer)
                 return
-            value, prepared = done.result()
             self._store(key, value, prepared, ttl_s, tags, ticket, writer)
         finally:
             self._l1.release(ticket)
@@ -506,7 +550,9 @@ class ReadPath(ReadL2):
             return  # another process is refreshing it
         try:
             stamp = coherence.stamp(tags)
-            value, prepared = self._call_loader(loader)
+            value, prepared = self._call_loader(key, loader)
+            if prepared is None:
+                return
             life = self._jittered(ttl_s)
             stale_for = life + self._settings.stale_ttl
             blob = self._codec.frame(prepared, self._wall() + life, stamp.ns_version, stamp.tags)

@@ -41,6 +41,7 @@ COUNTERS = (
     "load_timeouts",
     "refreshes",
     "refresh_errors",
+    "unstorable",
 )
 
 
@@ -76,6 +77,8 @@ class Counters:
         self.load_timeouts = 0
         self.refreshes = 0
         self.refresh_errors = 0
+        #: Loaded values returned uncached because they cannot be stored.
+        self.unstorable = 0
 
     def snapshot(self) -> dict[str, int]:
         """The counters as a plain dict."""

@@ -30,6 +30,7 @@ from tests.support import (
     FakeClock,
     Loader,
     run_threads,
+    subscribed,
 )
 from tiercache import TierCache
 
@@ -935,7 +936,9 @@ def test_loader_exception_reaches_every_waiting_caller(make_cache) -> None:
     run_threads(partial(worker, i) for i in range(count))
 
     assert all(isinstance(o, BoomError) for o in outcomes), outcomes
-    assert {id(o) for o in outcomes} <= {id(e) for e in raised}
+    # The leader raises the loader's exception; each waiter its own copy, chained to it.
+    originals = {id(e) for e in raised}
+    assert all(id(o) in originals or id(o.__cause__) in originals for o in outcomes)
     assert len(raised) < count  # waiters shared a load instead of each running one
     assert cache.get("k", default=MISSING) is MISSING
 
@@ -1191,3 +1194,73 @@ def test_a_loader_cycle_through_two_keys_raises(make_cache) -> None:
     with pytest.raises(tiercache.ReentrantLoadError):
         cache.get_or_set("a", load_a)
     assert cache.get_or_set("a", lambda: "A") == "A"
+
+
+# -- values a load cannot store; empty tag invalidation; str subclasses as keys ---------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [pytest.param(object(), id="unserializable"), pytest.param(b"x" * 2048, id="too-large")],
+)
+def test_a_loaded_value_that_cannot_be_stored_is_returned_uncached_counted_and_logged_once(
+    make_cache, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The caller gets the loader's value (not an error); it is not cached, so the next call
+    loads again; stats()["unstorable"] counts each; one log line per key; the lease is given
+    back at once, so another instance loads without waiting for it."""
+    cache, other = make_cache(max_value_bytes=1024), make_cache(max_value_bytes=1024)
+    loader = Loader(value)
+    caplog.set_level(logging.WARNING, logger="tiercache")
+
+    assert cache.get_or_set("k", loader) is value
+    assert cache.get_or_set("k", loader) is value
+
+    assert loader.calls == 2
+    stats = cache.stats()
+    assert stats["unstorable"] == 2
+    assert stats["load_errors"] == 0
+    logged = [r for r in caplog.records if "returned uncached" in r.getMessage()]
+    assert len(logged) == 1
+    assert "'k'" not in logged[0].getMessage()  # a key digest, not the key
+    assert other.get_or_set("k", Loader("from other")) == "from other"
+    assert other.stats()["lease_waits"] == 0
+
+
+def test_invalidate_tags_with_no_tags_is_a_no_op(make_cache) -> None:
+    """invalidate_tags() publishes nothing and does not refuse the fill of a load in flight."""
+    cache = make_cache()
+    sent = subscribed(cache, probe=True)["bus_sent"]
+    entered, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        entered.set()
+        release.wait(WAIT)
+        return "loaded"
+
+    worker = threading.Thread(target=lambda: cache.get_or_set("k", slow), daemon=True)
+    worker.start()
+    assert entered.wait(WAIT)
+    cache.invalidate_tags()
+    release.set()
+    worker.join(WAIT)
+
+    loader = Loader("reloaded")
+    assert cache.get_or_set("k", loader) == "loaded"  # the fill was kept: an L1 hit
+    assert loader.calls == 0
+    assert cache.stats()["bus_sent"] == sent
+    assert cache.stats()["tag_invalidations"] == 0
+
+
+def test_a_str_enum_key_reads_back_what_was_set_under_it_in_l1_only_mode() -> None:
+    """A ``(str, Enum)`` member as a key hashes unlike its text; get() right after set()
+    still finds the entry (L1-only: no L2 to fall back on)."""
+    import enum
+
+    class Color(str, enum.Enum):
+        RED = "red"
+
+    with TierCache(None) as cache:
+        cache.set(Color.RED, "apple")
+        assert cache.get(Color.RED) == "apple"
+        assert cache.get_or_set(Color.RED, Loader("never")) == "apple"

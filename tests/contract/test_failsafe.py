@@ -704,3 +704,26 @@ def test_without_a_breaker_every_call_tries_redis(make_fake_cache, fake_server) 
     assert stats["l2_errors"] >= 10
     assert stats["l2_skipped"] == 0
     assert stats["breaker_opens"] == 0
+
+
+def test_values_held_during_an_outage_are_bounded_and_dropped_on_recovery(
+    make_cache, clock
+) -> None:
+    """A database outage over many keys holds stale values for at most l1_maxsize keys, shown
+    in stats()["l1_held"]; once the loader works again, fresh loads drop them."""
+    cache = make_cache(stale_ttl=STALE_TTL, l1_maxsize=20, fail_safe_throttle=5.0)
+    keys = [f"k{i}" for i in range(100)]
+    for key in keys:
+        cache.get_or_set(key, Loader(f"old {key}"))
+    clock.advance(TTL + 1)
+    failing = Loader(error=BoomError("db down"))
+    served = [outcome(lambda key=key: cache.get_or_set(key, failing)) for key in keys]
+    assert sum(isinstance(value, str) and value.startswith("old") for value in served) >= 1
+    stats = cache.stats()
+    assert 1 <= stats["l1_held"] <= 20
+    assert stats["l1_size"] + stats["l1_held"] <= 40  # entries and held keys share the bound
+
+    clock.advance(5.0 + 1)  # the throttle is over: the next calls load again, and succeed
+    for key in keys:
+        assert cache.get_or_set(key, Loader(f"new {key}")) == f"new {key}"
+    assert cache.stats()["l1_held"] == 0

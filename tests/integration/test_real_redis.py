@@ -252,3 +252,29 @@ def test_entry_evicted_from_l1_is_an_l2_hit(redis_server: RedisServer, namespace
 
         assert loader.calls == 0
         assert cache.stats()["l2_hits"] == 1
+
+
+def test_a_cache_dropped_without_close_stops_its_listener_and_warns(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Garbage-collecting an unclosed cache stops its bus thread and closes the connections
+    from_url made, with a ResourceWarning, as an unclosed file does."""
+    import gc
+    import threading
+
+    cache = TierCache.from_url(redis_server.url, namespace=namespace)
+    cache.get_or_set("k", Loader())
+    thread_name = f"tiercache-bus:tiercache:inv:{namespace}"
+    assert any(t.name == thread_name for t in threading.enumerate())
+
+    holder = [cache]
+    del cache
+
+    def drop() -> None:
+        holder.clear()
+        gc.collect()  # in case a reference cycle keeps it
+
+    with pytest.warns(ResourceWarning, match="never closed"):
+        drop()
+
+    assert wait_until(lambda: all(t.name != thread_name for t in threading.enumerate()))

@@ -275,7 +275,7 @@ def test_a_load_that_asks_for_its_own_key_raises_at_once() -> None:
             raise
         return "outer"
 
-    with pytest.raises(ReentrantLoadError, match="key digest [0-9a-f]{16}"):
+    with pytest.raises(ReentrantLoadError, match=r"key digest [0-9a-f]{16}"):
         sf.run("user:secret", load)
     assert len(seen) == 1
     assert "secret" not in str(seen[0])  # the raw key is not in the message
@@ -403,14 +403,14 @@ def test_an_exception_that_cannot_be_copied_reaches_waiters_chained() -> None:
     started, release = threading.Event(), threading.Event()
     raised: list[BaseException] = []
 
-    class Picky(Exception):
+    class PickyError(Exception):
         def __init__(self, code: int, detail: str) -> None:
             super().__init__(f"{code}: {detail}")
 
     def load() -> None:
         started.set()
         release.wait(WAIT)
-        raise Picky(500, "boom")
+        raise PickyError(500, "boom")
 
     def leader() -> None:
         _catch(raised, lambda: sf.run("k", load))
@@ -429,9 +429,9 @@ def test_an_exception_that_cannot_be_copied_reaches_waiters_chained() -> None:
     lead.join(WAIT)
     follow.join(WAIT)
     kinds = sorted(type(exc).__name__ for exc in raised)
-    assert kinds == ["LoadFailedError", "Picky"]
+    assert kinds == ["LoadFailedError", "PickyError"]
     failed = next(exc for exc in raised if isinstance(exc, LoadFailedError))
-    assert isinstance(failed.__cause__, Picky)
+    assert isinstance(failed.__cause__, PickyError)
 
 
 def test_waiters_do_not_raise_the_leaders_keyboard_interrupt() -> None:

@@ -422,3 +422,39 @@ def test_invalidations_detach_loads_in_flight_but_a_flush_at_subscription_does_n
     tier.flush()
     assert detached == [["k"], None, None]
     tier.release(ticket)
+
+
+# -- values held for the fail-safe -----------------------------------------------------------
+
+
+def test_held_values_count_against_maxsize(tier: LocalTier) -> None:
+    """Holding stale values for many keys never keeps more than maxsize keys in all: the
+    least recently used key (held or filled) is evicted from both maps."""
+    for i in range(10):
+        tier.hold(f"k{i}", i, 60.0, tier.ticket(f"k{i}"), ())
+    assert len(tier.held) == 3
+    assert sorted(tier.held) == ["k7", "k8", "k9"]
+    tier.fill("fresh", "v", 10)
+    assert len(tier.held) + len(tier.data) == 3
+
+
+def test_a_fresh_fill_drops_the_held_value(tier: LocalTier) -> None:
+    """Once a load stores a fresh value, the stale one held for the key is gone."""
+    tier.hold("k", "stale", 60.0, tier.ticket("k"), ())
+    assert tier.held_value("k") == (True, "stale")
+    ticket = tier.ticket("k")
+    assert tier.fill("k", "fresh", 10, ticket)
+    assert tier.held_value("k") == (False, None)
+    assert "k" not in tier.held
+
+
+def test_the_sweep_drops_held_values_past_their_hold(tier: LocalTier, clock: FakeClock) -> None:
+    """Held values whose hold ended are reclaimed by the periodic sweep, not kept forever."""
+    tier.hold("a", 1, 1.0, tier.ticket("a"), ())
+    tier.hold("b", 2, 1.0, tier.ticket("b"), ())
+    clock.advance(SWEEP_INTERVAL + 1)
+    tier.fill("c", 3, 10)  # a fill runs the sweep
+    assert tier.held == {}
+    tier.fill("d", 4, 10)
+    tier.fill("e", 5, 10)
+    assert sorted(tier.data) == ["c", "d", "e"]  # their LRU slots were free again

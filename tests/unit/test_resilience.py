@@ -334,6 +334,33 @@ def test_breaker_recovers_after_a_probe_that_raised_a_non_redis_exception(
     assert breaker.state == CLOSED
 
 
+def test_a_client_side_error_is_raised_and_never_counted_against_redis(
+    tier: RedisTier, breaker: CircuitBreaker
+) -> None:
+    """A key redis-py cannot encode (a lone surrogate) fails before any I/O: the error is
+    the caller's, raised unchanged, and five of them do not open the breaker."""
+    for _ in range(5):
+        with pytest.raises(UnicodeEncodeError):
+            tier.get("user:\ud800")
+    assert breaker.state == CLOSED
+    assert breaker.consecutive == 0
+    assert tier.get("user:ok") is None
+
+
+def test_a_probe_that_fails_on_the_client_side_lets_the_next_caller_probe(
+    tier: RedisTier, breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    """A half-open probe that never reached Redis proves nothing: the breaker stays open
+    and the very next call is let through as the probe (no second cooldown)."""
+    open_breaker(breaker)
+    clock.advance(5.0)
+    with pytest.raises(UnicodeEncodeError):
+        tier.get("\ud800")
+    assert breaker.state == OPEN
+    assert tier.get("fine") is None
+    assert breaker.state == CLOSED
+
+
 def test_redis_tier_without_a_breaker_gets_a_default_one() -> None:
     """RedisTier(client) builds a closed default breaker (5 failures, 5 s)."""
     tier = RedisTier(fakeredis.FakeRedis(server=fakeredis.FakeServer()))

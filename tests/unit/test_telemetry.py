@@ -34,6 +34,7 @@ from opentelemetry.sdk.metrics.export import (
     NumberDataPoint,
     Sum,
 )
+from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -86,7 +87,12 @@ class Sdk:
         self.reader = InMemoryMetricReader()
         self.tracer_provider = TracerProvider(sampler=self.switch)
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+        # Every test uses a namespace of its own, and the monotonic counters keep closed
+        # instances' totals, so one test process accumulates thousands of attribute sets:
+        # past the SDK's default cardinality limit (2,000) new ones would be folded into an
+        # overflow point and a test's own namespace would vanish from its metrics.
+        unlimited = View(meter_name=tel.METER_NAME, aggregation_cardinality_limit=1_000_000)
+        self.meter_provider = MeterProvider(metric_readers=[self.reader], views=[unlimited])
 
 
 _SDK: Sdk | None = None
