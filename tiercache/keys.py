@@ -35,20 +35,40 @@ MAX_TAG_LENGTH = 256
 MEMO_PREFIX = "memo"
 
 
+def _check_text(text: str, name: str) -> None:
+    # Redis (redis-py) encodes keys and tags as UTF-8; a lone surrogate (which json.loads
+    # makes from "\ud800") would fail there as a Redis error and count against the circuit
+    # breaker. ASCII, by far the common case, is checked at C speed and cannot fail.
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{name} is not valid UTF-8 text (it holds a lone surrogate such as '\\ud800')"
+            ) from None
+
+
 def check_key(key: object, max_length: int, name: str = "key") -> str:
     """Return ``key`` if it is a valid cache key, else raise naming ``name``.
+
+    A key is a non-empty ``str`` of at most ``max_length`` characters that encodes as UTF-8
+    (no lone surrogates). An instance of a ``str`` subclass is replaced by its plain ``str``
+    value (``str.__str__(key)``: a ``(str, Enum)`` member is its value, whatever its
+    ``__str__`` says).
 
     Since: 0.1.0
     """
     if type(key) is not str:
-        if isinstance(key, str):
-            # A str subclass could override __eq__/__hash__ and collide in L1; store plain str.
-            return check_key(str(key), max_length, name)
-        raise TypeError(f"{name} must be a str, not {type(key).__name__}")
+        if not isinstance(key, str):
+            raise TypeError(f"{name} must be a str, not {type(key).__name__}")
+        # A str subclass could override __eq__/__hash__ (and collide in L1) or __str__ (a
+        # (str, Enum) member says "Color.RED"): keep its base value, as Redis stores it.
+        key = str.__str__(key)
     if not key:
         raise ValueError(f"{name} must not be empty")
     if len(key) > max_length:
         raise ValueError(f"{name} is {len(key)} characters long; max_key_length is {max_length}")
+    _check_text(key, name)
     return key
 
 
@@ -63,7 +83,8 @@ def check_keys(keys: object, max_length: int, name: str = "keys") -> list[str]:
 
 
 def check_tags(tags: object, name: str = "tags") -> list[str]:
-    """Validate tags: an iterable (not a bare ``str``) of non-empty ``str``; deduplicated.
+    """Validate tags: an iterable (not a bare ``str``) of non-empty ``str`` that encode as
+    UTF-8; deduplicated. Instances of ``str`` subclasses become their plain ``str`` value.
 
     Since: 0.1.0
     """
@@ -77,8 +98,11 @@ def check_tags(tags: object, name: str = "tags") -> list[str]:
     for tag in tags:
         if not isinstance(tag, str):
             raise TypeError(f"{name} must hold str tags, not {type(tag).__name__}")
+        if type(tag) is not str:
+            tag = str.__str__(tag)  # as in check_key: the base value, not an override's
         if not tag or len(tag) > MAX_TAG_LENGTH:
             raise ValueError(f"{name}: each tag must be 1-{MAX_TAG_LENGTH} characters")
+        _check_text(tag, name)
         if tag not in result:
             result.append(tag)
     return result

@@ -11,10 +11,19 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import fakeredis
 import pytest
 
 from tests.support import run_python
-from tiercache.keys import MEMO_PREFIX, ArgumentKeyer, check_key, check_keys, encode_argument
+from tiercache import TierCache
+from tiercache.keys import (
+    MEMO_PREFIX,
+    ArgumentKeyer,
+    check_key,
+    check_keys,
+    check_tags,
+    encode_argument,
+)
 
 # -- check_key ----------------------------------------------------------------------------
 
@@ -84,6 +93,61 @@ def test_check_keys_names_the_index_of_a_bad_key() -> None:
     with pytest.raises(TypeError, match=r"^keys\[1\] must be a str, not int"):
         check_keys(["a", 1], 1024)
     assert check_keys(iter(["a", "b"]), 1024) == ["a", "b"]
+
+
+class _Color(str, enum.Enum):
+    RED = "red"
+
+
+def test_check_key_keeps_the_base_value_of_a_str_enum_member() -> None:
+    """A ``(str, Enum)`` member (whose ``__str__`` says ``_Color.RED``) is keyed by its value."""
+    assert check_key(_Color.RED, 1024) == "red"
+    assert check_keys([_Color.RED], 1024) == ["red"]
+
+
+def test_check_tags_keeps_the_plain_base_value_of_str_subclass_tags() -> None:
+    """Tags that are ``str`` subclass instances become their plain ``str`` value."""
+    tags = check_tags([_Color.RED, "red"])
+    assert tags == ["red"]
+    assert type(tags[0]) is str
+
+
+def test_l1_only_get_after_set_with_a_str_enum_key_finds_the_value() -> None:
+    """In L1-only mode, ``get(Color.RED)`` right after ``set(Color.RED, v)`` returns ``v``."""
+    with TierCache(None, namespace="keys") as cache:
+        cache.set(_Color.RED, 1)
+        assert cache.get(_Color.RED) == 1
+        assert cache.get("red") == 1
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "user:\udfff", "é\ud83d"])
+def test_keys_and_tags_with_lone_surrogates_are_a_value_error_naming_the_argument(
+    bad: str,
+) -> None:
+    """Text that is not valid UTF-8 (a lone surrogate, as json.loads makes from user input)
+    is refused before any I/O, with a ValueError naming the argument."""
+    with pytest.raises(ValueError, match=r"^key is not valid UTF-8"):
+        check_key(bad, 1024)
+    with pytest.raises(ValueError, match=r"^keys\[1\] is not valid UTF-8"):
+        check_keys(["ok", bad], 1024)
+    with pytest.raises(ValueError, match=r"^tags is not valid UTF-8"):
+        check_tags(["ok", bad])
+
+
+def test_lone_surrogate_key_never_reaches_redis_or_the_breaker(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    """Many requests with a lone-surrogate key raise ValueError and leave Redis usable:
+    no L2 error is counted, so the circuit breaker stays closed for every other key."""
+    with TierCache(fake_redis, namespace="keys") as cache:
+        for _ in range(10):
+            with pytest.raises(ValueError, match="not valid UTF-8"):
+                cache.get("\ud800")
+            with pytest.raises(ValueError, match="not valid UTF-8"):
+                cache.set("k", 1, tags=("\ud800",))
+        cache.set("k", 2)
+        assert fake_redis.exists("keys:k")
+        assert cache.get("k") == 2
 
 
 # -- encode_argument: distinctness --------------------------------------------------------
