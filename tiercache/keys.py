@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 __all__ = [
+    "MAX_ARGUMENT_DEPTH",
     "MAX_TAG_LENGTH",
     "MEMO_PREFIX",
     "ArgumentKeyer",
@@ -121,16 +122,30 @@ def _frame(tag: int, payload: bytes) -> bytes:
     return bytes((tag,)) + _pack_len(len(payload)) + payload
 
 
+#: Deepest nesting of containers (and ``__tiercache_key__`` results) in one argument.
+MAX_ARGUMENT_DEPTH = 100
+
+
 def encode_argument(value: object, path: str = "argument") -> bytes:
     """Encode ``value`` canonically; raise `TypeError` naming ``path`` if unsupported.
 
     Supported: None, bool, int, float, str, bytes, tuple, list, dict, set, frozenset, Decimal,
     datetime/date/time/timedelta, UUID, Enum members, classes (by qualified name), and any
-    object with a ``__tiercache_key__()`` method returning a supported value.
+    object with a ``__tiercache_key__()`` method returning a supported value. Instances of
+    subclasses of the value types encode as their base value (overrides of ``__str__``,
+    ``__repr__``, ``encode`` and the like are not consulted); Enum members keep their class
+    in the encoding. Containers nested deeper than `MAX_ARGUMENT_DEPTH` (a self-referencing
+    list, say) are a `TypeError` too.
 
     Since: 0.1.0
     """
+    return _encode(value, path, 0)
+
+
+def _encode(value: object, path: str, depth: int) -> bytes:
     # Order matters: bool before int, datetime before date, Enum before its mixin type.
+    # Subclass instances go through the base type's own methods (int.__repr__, str.encode,
+    # ...): an override must not change, or make process-dependent, the key.
     if value is None:
         return bytes((_T_NONE,))
     if value is True:
@@ -140,42 +155,50 @@ def encode_argument(value: object, path: str = "argument") -> bytes:
     if isinstance(value, type):
         # Classes (e.g. ``cls`` of a classmethod) are keyed by their qualified name.
         return _frame(_T_TYPE, f"{value.__module__}.{value.__qualname__}".encode())
+    if depth > MAX_ARGUMENT_DEPTH:
+        raise TypeError(
+            f"cannot build a cache key from {path}: nested deeper than {MAX_ARGUMENT_DEPTH} "
+            "levels (or it contains itself)"
+        )
+    depth += 1
     custom = getattr(type(value), "__tiercache_key__", None)
     if custom is not None:
         qual = f"{type(value).__module__}.{type(value).__qualname__}".encode()
-        return _frame(_T_CUSTOM, _frame(_T_STR, qual) + encode_argument(custom(value), path))
+        return _frame(_T_CUSTOM, _frame(_T_STR, qual) + _encode(custom(value), path, depth))
     if isinstance(value, enum.Enum):
         qual = f"{type(value).__module__}.{type(value).__qualname__}".encode()
-        return _frame(_T_ENUM, _frame(_T_STR, qual) + encode_argument(value.value, path))
+        return _frame(_T_ENUM, _frame(_T_STR, qual) + _encode(value.value, path, depth))
     if isinstance(value, int):
-        return _frame(_T_INT, str(int(value)).encode())
+        return _frame(_T_INT, int.__repr__(value).encode())
     if isinstance(value, float):
-        return _frame(_T_FLOAT, float(value).hex().encode())
+        return _frame(_T_FLOAT, float.hex(value).encode())
     if isinstance(value, str):
-        return _frame(_T_STR, value.encode("utf-8", "surrogatepass"))
+        return _frame(_T_STR, str.encode(value, "utf-8", "surrogatepass"))
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return _frame(_T_BYTES, bytes(value))
+        # bytes(x) would call a subclass's __bytes__; the buffer is the base value.
+        return _frame(_T_BYTES, value if type(value) is bytes else bytes(memoryview(value)))
     if isinstance(value, tuple):
-        return _frame(_T_TUPLE, _join(value, path))
+        return _frame(_T_TUPLE, _join(value, path, depth))
     if isinstance(value, list):
-        return _frame(_T_LIST, _join(value, path))
+        return _frame(_T_LIST, _join(value, path, depth))
     if isinstance(value, dict):
         items = sorted(
-            encode_argument(k, f"{path} key") + encode_argument(v, f"{path}[{k!r}]")
+            _encode(k, f"{path} key", depth) + _encode(v, f"{path}[{k!r}]", depth)
             for k, v in value.items()
         )
         return _frame(_T_DICT, b"".join(items))
     if isinstance(value, (set, frozenset)):
         tag = _T_FROZENSET if isinstance(value, frozenset) else _T_SET
-        return _frame(tag, b"".join(sorted(encode_argument(v, f"{path} item") for v in value)))
+        return _frame(tag, b"".join(sorted(_encode(v, f"{path} item", depth) for v in value)))
     if isinstance(value, Decimal):
-        return _frame(_T_DECIMAL, str(value).encode())
+        return _frame(_T_DECIMAL, Decimal.__str__(value).encode())
     if isinstance(value, dt.datetime):
-        return _frame(_T_DATETIME, value.isoformat().encode() + _tzname(value.tzinfo))
+        raw = dt.datetime.isoformat(value).encode() + _tzname(value.tzinfo)
+        return _frame(_T_DATETIME, raw)
     if isinstance(value, dt.date):
-        return _frame(_T_DATE, value.isoformat().encode())
+        return _frame(_T_DATE, dt.date.isoformat(value).encode())
     if isinstance(value, dt.time):
-        return _frame(_T_TIME, value.isoformat().encode() + _tzname(value.tzinfo))
+        return _frame(_T_TIME, dt.time.isoformat(value).encode() + _tzname(value.tzinfo))
     if isinstance(value, dt.timedelta):
         raw = f"{value.days}:{value.seconds}:{value.microseconds}"
         return _frame(_T_TIMEDELTA, raw.encode())
@@ -188,8 +211,8 @@ def encode_argument(value: object, path: str = "argument") -> bytes:
     )
 
 
-def _join(values: Iterable[object], path: str) -> bytes:
-    return b"".join(encode_argument(v, f"{path}[{i}]") for i, v in enumerate(values))
+def _join(values: Iterable[object], path: str, depth: int) -> bytes:
+    return b"".join(_encode(v, f"{path}[{i}]", depth) for i, v in enumerate(values))
 
 
 def _tzname(tz: dt.tzinfo | None) -> bytes:
@@ -264,5 +287,5 @@ class ArgumentKeyer:
             if name in self._ignore:
                 continue
             digest.update(frames[name])
-            digest.update(encode_argument(value, f"argument {name!r}"))
+            digest.update(_encode(value, f"argument {name!r}", 0))
         return self._prefix + digest.hexdigest()

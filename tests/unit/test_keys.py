@@ -17,6 +17,7 @@ import pytest
 from tests.support import run_python
 from tiercache import TierCache
 from tiercache.keys import (
+    MAX_ARGUMENT_DEPTH,
     MEMO_PREFIX,
     ArgumentKeyer,
     check_key,
@@ -354,6 +355,87 @@ def test_unsupported_type_is_a_type_error_naming_the_path(value: object, path: s
     """The error names where in the argument the bad value sits, and its type."""
     with pytest.raises(TypeError, match=rf"^cannot build a cache key from {path}of type"):
         _enc(value)
+
+
+class _Loud(str):
+    def __str__(self) -> str:
+        return "loud"
+
+    def __repr__(self) -> str:
+        return "loud"
+
+    def __hash__(self) -> int:
+        return 0
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:  # type: ignore[override]
+        return b"loud"
+
+
+class _Big(int):
+    def __repr__(self) -> str:
+        return "big"
+
+    def __int__(self) -> int:
+        return 0
+
+
+class _Heavy(float):
+    def __float__(self) -> float:
+        return 0.0
+
+
+class _Raw(bytes):
+    def __bytes__(self) -> bytes:
+        return b"raw"
+
+
+class _Exact(Decimal):
+    def __str__(self) -> str:
+        return "0"
+
+
+def test_subclasses_of_value_types_encode_as_their_base_value() -> None:
+    """Overridden __str__/__repr__/__hash__/encode/__int__/__float__/__bytes__ do not enter
+    the encoding: a subclass instance encodes exactly like its base value."""
+    assert _enc(_Loud("a")) == _enc("a")
+    assert _enc(_Big(7)) == _enc(7)
+    assert _enc(_Heavy(1.5)) == _enc(1.5)
+    assert _enc(_Raw(b"x")) == _enc(b"x")
+    assert _enc(_Exact("1.10")) == _enc(Decimal("1.10"))
+
+
+def test_str_enum_members_stay_type_tagged() -> None:
+    """A ``(str, Enum)`` member is keyed by its class and value, not as the plain str."""
+    assert _enc(_Color.RED) != _enc("red")
+    assert _enc(_Color.RED) == _enc(_Color("red"))
+
+
+def test_self_referencing_argument_is_a_type_error_naming_the_argument() -> None:
+    """A list that contains itself is a TypeError naming the path, not a RecursionError."""
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(TypeError, match=r"^cannot build a cache key from argument\[0\]"):
+        _enc(looped)
+
+    def f(items: object) -> None: ...
+
+    with pytest.raises(TypeError, match=r"argument 'items'.*nested deeper than 100"):
+        ArgumentKeyer(f)((looped,), {})
+
+
+def test_very_deep_argument_is_a_type_error_and_the_depth_limit_holds() -> None:
+    """5,000 nested lists are a TypeError; exactly MAX_ARGUMENT_DEPTH levels still encode."""
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(TypeError, match=r"nested deeper than"):
+        _enc(deep)
+    ok: Any = 1
+    for _ in range(MAX_ARGUMENT_DEPTH):
+        ok = [ok]
+    assert _enc(ok).startswith(b"l")
+    with pytest.raises(TypeError, match=r"nested deeper than"):
+        _enc([ok])
 
 
 def test_encoding_format_is_pinned() -> None:
