@@ -17,6 +17,7 @@ from .codec import MsgpackSerializer, Serializer
 from .defaults import configure, get_default, reset_default
 from .errors import (
     CorruptEntryError,
+    KeyCollisionWarning,
     L2Error,
     LoaderTimeoutError,
     NotConfiguredError,
@@ -29,6 +30,7 @@ from .options import Breaker, Duration
 __all__ = [
     "Breaker",
     "CorruptEntryError",
+    "KeyCollisionWarning",
     "L2Error",
     "LoaderTimeoutError",
     "Memoized",

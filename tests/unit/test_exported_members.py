@@ -13,6 +13,7 @@ import tiercache
 EXPECTED_ALL = [
     "Breaker",
     "CorruptEntryError",
+    "KeyCollisionWarning",
     "L2Error",
     "LoaderTimeoutError",
     "Memoized",
