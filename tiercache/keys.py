@@ -150,6 +150,11 @@ def _encode(value: object, path: str, depth: int) -> bytes:
     # Order matters: bool before int, datetime before date, Enum before its mixin type.
     # Subclass instances go through the base type's own methods (int.__repr__, str.encode,
     # ...): an override must not change, or make process-dependent, the key.
+    # The commonest arguments first: an exact str or int has no hook and no subclass.
+    if type(value) is str:
+        return _frame(_T_STR, value.encode("utf-8", "surrogatepass"))
+    if type(value) is int:
+        return _frame(_T_INT, int.__repr__(value).encode())
     if value is None:
         return bytes((_T_NONE,))
     if value is True:
@@ -159,19 +164,17 @@ def _encode(value: object, path: str, depth: int) -> bytes:
     if isinstance(value, type):
         # Classes (e.g. ``cls`` of a classmethod) are keyed by their qualified name.
         return _frame(_T_TYPE, f"{value.__module__}.{value.__qualname__}".encode())
-    if depth > MAX_ARGUMENT_DEPTH:
-        raise TypeError(
-            f"cannot build a cache key from {path}: nested deeper than {MAX_ARGUMENT_DEPTH} "
-            "levels (or it contains itself)"
-        )
-    depth += 1
     custom = getattr(type(value), "__tiercache_key__", None)
     if custom is not None:
         qual = f"{type(value).__module__}.{type(value).__qualname__}".encode()
-        return _frame(_T_CUSTOM, _frame(_T_STR, qual) + _encode(custom(value), path, depth))
+        return _frame(
+            _T_CUSTOM, _frame(_T_STR, qual) + _encode(custom(value), path, _deeper(depth, path))
+        )
     if isinstance(value, enum.Enum):
         qual = f"{type(value).__module__}.{type(value).__qualname__}".encode()
-        return _frame(_T_ENUM, _frame(_T_STR, qual) + _encode(value.value, path, depth))
+        return _frame(
+            _T_ENUM, _frame(_T_STR, qual) + _encode(value.value, path, _deeper(depth, path))
+        )
     if isinstance(value, int):
         return _frame(_T_INT, int.__repr__(value).encode())
     if isinstance(value, float):
@@ -186,6 +189,7 @@ def _encode(value: object, path: str, depth: int) -> bytes:
     if isinstance(value, list):
         return _frame(_T_LIST, _join(value, path, depth))
     if isinstance(value, dict):
+        depth = _deeper(depth, path)
         items = sorted(
             _encode(k, f"{path} key", depth) + _encode(v, f"{path}[{k!r}]", depth)
             for k, v in value.items()
@@ -193,6 +197,7 @@ def _encode(value: object, path: str, depth: int) -> bytes:
         return _frame(_T_DICT, b"".join(items))
     if isinstance(value, (set, frozenset)):
         tag = _T_FROZENSET if isinstance(value, frozenset) else _T_SET
+        depth = _deeper(depth, path)
         return _frame(tag, b"".join(sorted(_encode(v, f"{path} item", depth) for v in value)))
     if isinstance(value, Decimal):
         return _frame(_T_DECIMAL, Decimal.__str__(value).encode())
@@ -215,7 +220,19 @@ def _encode(value: object, path: str, depth: int) -> bytes:
     )
 
 
+def _deeper(depth: int, path: str) -> int:
+    # Only values that contain values go deeper: a self-referencing list, or 5,000 nested
+    # ones, must be a TypeError naming the argument, not a RecursionError.
+    if depth >= MAX_ARGUMENT_DEPTH:
+        raise TypeError(
+            f"cannot build a cache key from {path}: nested deeper than {MAX_ARGUMENT_DEPTH} "
+            "levels (or it contains itself)"
+        )
+    return depth + 1
+
+
 def _join(values: Iterable[object], path: str, depth: int) -> bytes:
+    depth = _deeper(depth, path)
     return b"".join(_encode(v, f"{path}[{i}]", depth) for i, v in enumerate(values))
 
 
