@@ -4,7 +4,10 @@ Keys are ``memo:{module}.{qualname}:{hash of the bound arguments}`` (see ``keys.
 they are the same in every process and across restarts; defaults are applied and keyword
 order does not matter. Methods: ``self`` (or ``cls``) is part of the key, so its type must
 define ``__tiercache_key__()`` (classes are keyed by their qualified name), or be excluded
-with ``ignore=("self",)`` when results do not depend on the instance.
+with ``ignore=("self",)`` when results do not depend on the instance. Nested functions and
+lambdas add ``@{line}`` and a hash of their plain-data closure variables; partials and
+callable instances work too (see `ArgumentKeyer`). Module-level memoized functions pickle by
+qualified name, so ``multiprocessing`` pools can map them.
 """
 
 from __future__ import annotations

@@ -824,3 +824,22 @@ def test_nested_memoized_function_refuses_to_pickle_with_a_clear_error(
     f = l1_cache.memoize()(lambda x: x)
     with pytest.raises(TypeError, match="only module-level memoized functions pickle"):
         pickle.dumps(f)
+
+
+def test_live_callable_instances_without_key_hook_warn_of_a_key_collision(
+    l1_cache: TierCache,
+) -> None:
+    """Two live instances of one callable type without ``__tiercache_key__`` share keys:
+    memoizing the second warns."""
+
+    class Fetcher:
+        def __init__(self, client: object) -> None:
+            self.client = client
+
+        def __call__(self, x: int) -> str:
+            return f"{self.client!r}:{x}"
+
+    first = l1_cache.memoize()(Fetcher(object()))
+    with pytest.warns(tiercache.KeyCollisionWarning):
+        second = l1_cache.memoize()(Fetcher(object()))
+    assert first.cache_key(1) == second.cache_key(1)
