@@ -17,6 +17,8 @@ The tree::
         │                                       turned into a miss (never reaches a reader)
         └── CircuitOpenError                    Redis skipped: the circuit breaker is open
 
+Warnings: ``KeyCollisionWarning(UserWarning)``, two live memoized functions would share keys.
+
 Bad arguments are plain `TypeError` / `ValueError` naming the argument, and
 exceptions raised by a loader propagate unchanged. Misconfiguration raises at the first
 operation that meets it: `ConfigurationError`, or redis-py's own ``AuthenticationError`` /
@@ -30,6 +32,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
     "CorruptEntryError",
+    "KeyCollisionWarning",
     "L2Error",
     "LoaderTimeoutError",
     "NotConfiguredError",
@@ -118,4 +121,17 @@ class CircuitOpenError(L2Error):
     with ``raise_on_write_error=True``).
 
     Since: 0.1.0
+    """
+
+
+class KeyCollisionWarning(UserWarning):
+    """Two live memoized functions would use the same keys in one process.
+
+    Raised (as a warning) when a function is memoized while another live one has the same
+    key prefix but other code or other captured objects that are not plain data (e.g. two
+    closures of one factory over different clients). Each would be served the other's
+    results; give them distinct ``name=`` values. Make it an error with
+    ``warnings.simplefilter("error", KeyCollisionWarning)``.
+
+    Since: 0.2.0
     """

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
+import gc
 import hashlib
 import inspect
 import struct
+import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
 __all__ = [
+    "MAX_ARGUMENT_DEPTH",
     "MAX_TAG_LENGTH",
     "MEMO_PREFIX",
     "ArgumentKeyer",
@@ -35,20 +40,40 @@ MAX_TAG_LENGTH = 256
 MEMO_PREFIX = "memo"
 
 
+def _check_text(text: str, name: str) -> None:
+    # Redis (redis-py) encodes keys and tags as UTF-8; a lone surrogate (which json.loads
+    # makes from "\ud800") would fail there as a Redis error and count against the circuit
+    # breaker. ASCII, by far the common case, is checked at C speed and cannot fail.
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{name} is not valid UTF-8 text (it holds a lone surrogate such as '\\ud800')"
+            ) from None
+
+
 def check_key(key: object, max_length: int, name: str = "key") -> str:
     """Return ``key`` if it is a valid cache key, else raise naming ``name``.
+
+    A key is a non-empty ``str`` of at most ``max_length`` characters that encodes as UTF-8
+    (no lone surrogates). An instance of a ``str`` subclass is replaced by its plain ``str``
+    value (``str.__str__(key)``: a ``(str, Enum)`` member is its value, whatever its
+    ``__str__`` says).
 
     Since: 0.1.0
     """
     if type(key) is not str:
-        if isinstance(key, str):
-            # A str subclass could override __eq__/__hash__ and collide in L1; store plain str.
-            return check_key(str(key), max_length, name)
-        raise TypeError(f"{name} must be a str, not {type(key).__name__}")
+        if not isinstance(key, str):
+            raise TypeError(f"{name} must be a str, not {type(key).__name__}")
+        # A str subclass could override __eq__/__hash__ (and collide in L1) or __str__ (a
+        # (str, Enum) member says "Color.RED"): keep its base value, as Redis stores it.
+        key = str.__str__(key)
     if not key:
         raise ValueError(f"{name} must not be empty")
     if len(key) > max_length:
         raise ValueError(f"{name} is {len(key)} characters long; max_key_length is {max_length}")
+    _check_text(key, name)
     return key
 
 
@@ -63,7 +88,8 @@ def check_keys(keys: object, max_length: int, name: str = "keys") -> list[str]:
 
 
 def check_tags(tags: object, name: str = "tags") -> list[str]:
-    """Validate tags: an iterable (not a bare ``str``) of non-empty ``str``; deduplicated.
+    """Validate tags: an iterable (not a bare ``str``) of non-empty ``str`` that encode as
+    UTF-8; deduplicated. Instances of ``str`` subclasses become their plain ``str`` value.
 
     Since: 0.1.0
     """
@@ -77,8 +103,11 @@ def check_tags(tags: object, name: str = "tags") -> list[str]:
     for tag in tags:
         if not isinstance(tag, str):
             raise TypeError(f"{name} must hold str tags, not {type(tag).__name__}")
+        if type(tag) is not str:
+            tag = str.__str__(tag)  # as in check_key: the base value, not an override's
         if not tag or len(tag) > MAX_TAG_LENGTH:
             raise ValueError(f"{name}: each tag must be 1-{MAX_TAG_LENGTH} characters")
+        _check_text(tag, name)
         if tag not in result:
             result.append(tag)
     return result
@@ -97,16 +126,35 @@ def _frame(tag: int, payload: bytes) -> bytes:
     return bytes((tag,)) + _pack_len(len(payload)) + payload
 
 
+#: Deepest nesting of containers (and ``__tiercache_key__`` results) in one argument.
+MAX_ARGUMENT_DEPTH = 100
+
+
 def encode_argument(value: object, path: str = "argument") -> bytes:
     """Encode ``value`` canonically; raise `TypeError` naming ``path`` if unsupported.
 
     Supported: None, bool, int, float, str, bytes, tuple, list, dict, set, frozenset, Decimal,
     datetime/date/time/timedelta, UUID, Enum members, classes (by qualified name), and any
-    object with a ``__tiercache_key__()`` method returning a supported value.
+    object with a ``__tiercache_key__()`` method returning a supported value. Instances of
+    subclasses of the value types encode as their base value (overrides of ``__str__``,
+    ``__repr__``, ``encode`` and the like are not consulted); Enum members keep their class
+    in the encoding. Containers nested deeper than `MAX_ARGUMENT_DEPTH` (a self-referencing
+    list, say) are a `TypeError` too.
 
     Since: 0.1.0
     """
+    return _encode(value, path, 0)
+
+
+def _encode(value: object, path: str, depth: int) -> bytes:
     # Order matters: bool before int, datetime before date, Enum before its mixin type.
+    # Subclass instances go through the base type's own methods (int.__repr__, str.encode,
+    # ...): an override must not change, or make process-dependent, the key.
+    # The commonest arguments first: an exact str or int has no hook and no subclass.
+    if type(value) is str:
+        return _frame(_T_STR, value.encode("utf-8", "surrogatepass"))
+    if type(value) is int:
+        return _frame(_T_INT, int.__repr__(value).encode())
     if value is None:
         return bytes((_T_NONE,))
     if value is True:
@@ -119,42 +167,50 @@ def encode_argument(value: object, path: str = "argument") -> bytes:
     custom = getattr(type(value), "__tiercache_key__", None)
     if custom is not None:
         qual = f"{type(value).__module__}.{type(value).__qualname__}".encode()
-        return _frame(_T_CUSTOM, _frame(_T_STR, qual) + encode_argument(custom(value), path))
+        return _frame(
+            _T_CUSTOM, _frame(_T_STR, qual) + _encode(custom(value), path, _deeper(depth, path))
+        )
     if isinstance(value, enum.Enum):
         qual = f"{type(value).__module__}.{type(value).__qualname__}".encode()
-        return _frame(_T_ENUM, _frame(_T_STR, qual) + encode_argument(value.value, path))
+        return _frame(
+            _T_ENUM, _frame(_T_STR, qual) + _encode(value.value, path, _deeper(depth, path))
+        )
     if isinstance(value, int):
-        return _frame(_T_INT, str(int(value)).encode())
+        return _frame(_T_INT, int.__repr__(value).encode())
     if isinstance(value, float):
-        return _frame(_T_FLOAT, float(value).hex().encode())
+        return _frame(_T_FLOAT, float.hex(value).encode())
     if isinstance(value, str):
-        return _frame(_T_STR, value.encode("utf-8", "surrogatepass"))
+        return _frame(_T_STR, str.encode(value, "utf-8", "surrogatepass"))
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return _frame(_T_BYTES, bytes(value))
+        # bytes(x) would call a subclass's __bytes__; the buffer is the base value.
+        return _frame(_T_BYTES, value if type(value) is bytes else bytes(memoryview(value)))
     if isinstance(value, tuple):
-        return _frame(_T_TUPLE, _join(value, path))
+        return _frame(_T_TUPLE, _join(value, path, depth))
     if isinstance(value, list):
-        return _frame(_T_LIST, _join(value, path))
+        return _frame(_T_LIST, _join(value, path, depth))
     if isinstance(value, dict):
+        depth = _deeper(depth, path)
         items = sorted(
-            encode_argument(k, f"{path} key") + encode_argument(v, f"{path}[{k!r}]")
+            _encode(k, f"{path} key", depth) + _encode(v, f"{path}[{k!r}]", depth)
             for k, v in value.items()
         )
         return _frame(_T_DICT, b"".join(items))
     if isinstance(value, (set, frozenset)):
         tag = _T_FROZENSET if isinstance(value, frozenset) else _T_SET
-        return _frame(tag, b"".join(sorted(encode_argument(v, f"{path} item") for v in value)))
+        depth = _deeper(depth, path)
+        return _frame(tag, b"".join(sorted(_encode(v, f"{path} item", depth) for v in value)))
     if isinstance(value, Decimal):
-        return _frame(_T_DECIMAL, str(value).encode())
+        return _frame(_T_DECIMAL, Decimal.__str__(value).encode())
     if isinstance(value, dt.datetime):
-        return _frame(_T_DATETIME, value.isoformat().encode() + _tzname(value.tzinfo))
+        raw = dt.datetime.isoformat(value).encode() + _tzname(value.tzinfo)
+        return _frame(_T_DATETIME, raw)
     if isinstance(value, dt.date):
-        return _frame(_T_DATE, value.isoformat().encode())
+        return _frame(_T_DATE, dt.date.isoformat(value).encode())
     if isinstance(value, dt.time):
-        return _frame(_T_TIME, value.isoformat().encode() + _tzname(value.tzinfo))
+        return _frame(_T_TIME, dt.time.isoformat(value).encode() + _tzname(value.tzinfo))
     if isinstance(value, dt.timedelta):
-        raw = f"{value.days}:{value.seconds}:{value.microseconds}"
-        return _frame(_T_TIMEDELTA, raw.encode())
+        delta = f"{value.days}:{value.seconds}:{value.microseconds}"
+        return _frame(_T_TIMEDELTA, delta.encode())
     if isinstance(value, uuid.UUID):
         return _frame(_T_UUID, value.bytes)
     raise TypeError(
@@ -164,8 +220,20 @@ def encode_argument(value: object, path: str = "argument") -> bytes:
     )
 
 
-def _join(values: Iterable[object], path: str) -> bytes:
-    return b"".join(encode_argument(v, f"{path}[{i}]") for i, v in enumerate(values))
+def _deeper(depth: int, path: str) -> int:
+    # Only values that contain values go deeper: a self-referencing list, or 5,000 nested
+    # ones, must be a TypeError naming the argument, not a RecursionError.
+    if depth >= MAX_ARGUMENT_DEPTH:
+        raise TypeError(
+            f"cannot build a cache key from {path}: nested deeper than {MAX_ARGUMENT_DEPTH} "
+            "levels (or it contains itself)"
+        )
+    return depth + 1
+
+
+def _join(values: Iterable[object], path: str, depth: int) -> bytes:
+    depth = _deeper(depth, path)
+    return b"".join(_encode(v, f"{path}[{i}]", depth) for i, v in enumerate(values))
 
 
 def _tzname(tz: dt.tzinfo | None) -> bytes:
@@ -174,39 +242,156 @@ def _tzname(tz: dt.tzinfo | None) -> bytes:
     return b"@" + key.encode() if isinstance(key, str) else b""
 
 
+#: A closure cell that holds nothing yet (its variable is assigned after the decoration).
+_EMPTY: Any = object()
+
+# What a closure variable holds, as far as keys go. Plain data is what the key includes.
+_OTHER, _PLAIN = 0, 1
+# bool is an int and datetime a date; Enum members are checked apart (their value decides).
+_PLAIN_SCALARS = (str, int, float, bytes, Decimal, uuid.UUID, dt.date, dt.time, dt.timedelta)
+
+
+def _is_plain(value: object, depth: int = 0) -> bool:
+    """Whether ``value`` is plain data: scalars, Enum members, and tuples, frozensets, sets,
+    lists and dicts of plain data (not clients, apps, functions or ``__tiercache_key__``
+    objects)."""
+    if value is None:
+        return True
+    if getattr(type(value), "__tiercache_key__", None) is not None:
+        return False
+    if isinstance(value, enum.Enum):
+        return _is_plain(value.value, depth + 1)
+    if isinstance(value, _PLAIN_SCALARS):
+        return True
+    if depth >= MAX_ARGUMENT_DEPTH:
+        return False
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return all(_is_plain(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(_is_plain(k, depth + 1) and _is_plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _cell_contents(cells: tuple[Any, ...]) -> tuple[Any, ...]:
+    contents = []
+    for cell in cells:
+        try:
+            contents.append(cell.cell_contents)
+        except ValueError:  # not assigned yet
+            contents.append(_EMPTY)
+    return tuple(contents)
+
+
+def _unwrap(func: Callable[..., Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """``func`` without its ``functools.partial`` layers, and the arguments they bind."""
+    args: tuple[Any, ...] = ()
+    keywords: dict[str, Any] = {}
+    while isinstance(func, functools.partial):
+        # partial(partial(f, 1), 2) calls f(1, 2): inner arguments come first, outer
+        # keywords win. (Python flattens plain partials itself, not subclasses.)
+        args = func.args + args
+        keywords = {**func.keywords, **keywords}
+        func = func.func
+    return func, args, keywords
+
+
+def _base_name(target: Any) -> tuple[str, Any]:
+    """The default key name of ``target`` (a function, or a callable instance keyed by its
+    type), and the function whose code and closure it runs."""
+    qualname = getattr(target, "__qualname__", None)
+    if isinstance(qualname, str):
+        name, code_owner = f"{target.__module__}.{qualname}", target
+    else:
+        cls = type(target)
+        # The type's __call__ (a function) holds the code and closure an instance runs.
+        name, code_owner = f"{cls.__module__}.{cls.__qualname__}", cls.__call__
+    code = getattr(code_owner, "__code__", None)
+    if ("<lambda>" in name or "<locals>" in name) and code is not None:
+        # Two lambdas of one scope (or two nested defs of one name) share a qualified name;
+        # the line their code starts on tells them apart, and is the same in every process.
+        name += f"@{code.co_firstlineno}"
+    return name, code_owner
+
+
 class ArgumentKeyer:
     """Turns the arguments of calls to one function into stable cache keys.
+
+    Keys are ``memo:{name}:{hash of the arguments}``, where ``name`` is ``name=``, else
+    ``{module}.{qualname}``; a lambda or nested function adds ``@{first line of its code}``.
+    When the function has closure variables holding plain data (see `encode_argument`; not
+    clients, apps or other functions), ``~{hash of them}`` follows the name, so closures made
+    by one factory over different values never share keys. A closure variable is read when
+    the keyer is built and read again when its binding changes (``nonlocal``), which each
+    call checks by identity; a captured list or dict mutated in place is not re-read.
+
+    A ``functools.partial`` is keyed as its function called with the partial's arguments
+    added (``partial(f, 1)(2)`` shares ``f(1, 2)``'s key). A callable instance is keyed by its
+    type's qualified name; the instance takes part (like ``self`` of a method) only if its
+    type defines ``__tiercache_key__()``.
 
     Since: 0.1.0
     """
 
     __slots__ = (
+        "__weakref__",
+        "_base",
+        "_cells",
         "_defaults",
+        "_fixed_args",
+        "_fixed_kwargs",
+        "_freevars",
         "_ignore",
+        "_instance",
         "_name_frames",
+        "_origin",
         "_positional",
         "_prefix",
         "_required",
         "_signature",
+        "_special",
+        "_state",
     )
 
     def __init__(
         self, func: Callable[..., Any], ignore: Iterable[str] = (), name: str | None = None
     ) -> None:
-        self._signature = inspect.signature(func)
+        target, self._fixed_args, self._fixed_kwargs = _unwrap(func)
+        self._signature = inspect.signature(target)
         ignored = frozenset(ignore)
         unknown = ignored - self._signature.parameters.keys()
         if unknown:
             raise ValueError(f"ignore names parameters {sorted(unknown)} that {func!r} lacks")
         self._ignore = ignored
+        default_name, code_owner = _base_name(target)
         if name is None:
-            name = f"{func.__module__}.{func.__qualname__}"
-            if "<lambda>" in name or "<locals>" in name:
-                # Closures and lambdas share a qualified name but not their captured state:
-                # two closures from one factory must not answer for each other. Without an
-                # explicit name= their keys are private to this function object (and process).
-                name += f"#{id(func):x}"
-        self._prefix = f"{MEMO_PREFIX}:{name}:"
+            name = default_name
+        self._base = f"{MEMO_PREFIX}:{name}"
+        # A callable instance with __tiercache_key__ is part of every key (read per call,
+        # like self); one without is not, like any non-data captured object.
+        self._instance = None
+        if code_owner is not target and getattr(type(target), "__tiercache_key__", None):
+            self._instance = target
+        closure = getattr(code_owner, "__closure__", None)
+        code = getattr(code_owner, "__code__", None)
+        self._cells: tuple[Any, ...] = closure or ()
+        self._freevars: tuple[str, ...] = code.co_freevars if closure and code else ()
+        contents = _cell_contents(self._cells)
+        frames = self._frames(contents, (), ())
+        self._prefix = self._prefix_for(frames)
+        self._state: tuple[tuple[Any, ...], tuple[bytes, ...], str] = (
+            contents,
+            frames,
+            self._prefix,
+        )
+        self._special = bool(
+            self._cells or self._instance is not None or self._fixed_args or self._fixed_kwargs
+        )
+        # What sets this function apart beyond its prefix, for collision checks: its code
+        # and the captured objects that are not plain data (compared by identity).
+        others = [value for value in contents if value is not _EMPTY and not _is_plain(value)]
+        if code_owner is not target and self._instance is None:
+            others.append(target)
+        self._origin: tuple[Any, ...] = (code if code is not None else target, *others)
         params = self._signature.parameters
         self._name_frames = {param: _frame(_T_STR, param.encode()) for param in params}
         # A call passing every parameter positionally needs no Signature.bind (which costs
@@ -219,13 +404,76 @@ class ArgumentKeyer:
         self._defaults = tuple(p.default for p in params.values() if p.default is not p.empty)
         self._required = len(params) - len(self._defaults)
 
+    def _frames(
+        self, contents: tuple[Any, ...], old: tuple[Any, ...], frames: tuple[bytes, ...]
+    ) -> tuple[bytes, ...]:
+        # Only a variable whose binding changed is encoded again: a list the function
+        # appends to in place keeps the encoding it had when it was bound.
+        result = []
+        for i, (var, value) in enumerate(zip(self._freevars, contents, strict=True)):
+            if i < len(frames) and value is old[i]:
+                result.append(frames[i])
+            elif value is _EMPTY or not _is_plain(value):
+                result.append(b"")
+            else:
+                code = _encode(value, f"closure variable {var!r}", 0)
+                result.append(_frame(_T_STR, var.encode()) + code)
+        return tuple(result)
+
+    def _prefix_for(self, frames: tuple[bytes, ...]) -> str:
+        digest = hashlib.blake2b(digest_size=16)
+        captured = False
+        for frame in frames:
+            if frame:
+                digest.update(frame)
+                captured = True
+        if self._instance is not None:
+            digest.update(_encode(self._instance, "the memoized instance", 0))
+            captured = True
+        if not captured:
+            return self._base + ":"
+        return f"{self._base}~{digest.hexdigest()}:"
+
+    def _current_prefix(self) -> str:
+        contents, frames, prefix = self._state
+        if self._instance is None:
+            for cell, seen in zip(self._cells, contents, strict=True):
+                try:
+                    if cell.cell_contents is not seen:
+                        break
+                except ValueError:
+                    if seen is not _EMPTY:
+                        break
+            else:
+                return prefix
+        # A closure variable was rebound (or the instance's key may have changed).
+        new_contents = _cell_contents(self._cells)
+        frames = self._frames(new_contents, contents, frames)
+        prefix = self._prefix_for(frames)
+        self._state = (new_contents, frames, prefix)  # one assignment: all or nothing
+        return prefix
+
     @property
     def prefix(self) -> str:
-        """The part every key of this function starts with."""
-        return self._prefix
+        """The part every key of this function starts with (as of now, for a closure whose
+        variables may be rebound)."""
+        return self._current_prefix() if self._special else self._prefix
+
+    @property
+    def origin(self) -> tuple[Any, ...]:
+        """What tells this function apart from another with the same prefix: its code and the
+        captured objects that are not plain data (compare by identity)."""
+        return self._origin
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The key for one call; `TypeError` if the arguments do not fit or encode."""
+        prefix = self._prefix
+        if self._special:
+            prefix = self._current_prefix()
+            if self._fixed_args:
+                args = self._fixed_args + args
+            if self._fixed_kwargs:
+                kwargs = {**self._fixed_kwargs, **kwargs}
         positional = self._positional
         if positional is not None and not kwargs and self._required <= len(args) <= len(positional):
             values = args + self._defaults[len(args) - self._required :]
@@ -240,5 +488,51 @@ class ArgumentKeyer:
             if name in self._ignore:
                 continue
             digest.update(frames[name])
-            digest.update(encode_argument(value, f"argument {name!r}"))
-        return self._prefix + digest.hexdigest()
+            digest.update(_encode(value, f"argument {name!r}", 0))
+        return prefix + digest.hexdigest()
+
+
+# Live memoized functions by key prefix, to detect two that would share keys. Weak, so a
+# function that is gone does not count; empty sets are swept when the map has doubled.
+_live: dict[str, weakref.WeakSet[ArgumentKeyer]] = {}
+_live_lock = threading.Lock()
+_live_sweep_at = 64
+
+
+def _rivals(keyer: ArgumentKeyer, prefix: str) -> list[ArgumentKeyer]:
+    origin = keyer.origin
+    return [
+        other
+        for other in list(_live.get(prefix, ()))
+        if other is not keyer
+        and (
+            len(other.origin) != len(origin)
+            or any(a is not b for a, b in zip(other.origin, origin, strict=False))
+        )
+    ]
+
+
+def claim_prefix(keyer: ArgumentKeyer) -> bool:
+    """Register ``keyer`` as live; return False if another live function, not the same code
+    over the same captured objects, already has its key prefix (so both would read each
+    other's entries).
+
+    Since: 0.2.0
+    """
+    global _live_sweep_at
+    prefix = keyer.prefix
+    with _live_lock:
+        rivals = _rivals(keyer, prefix)
+    if rivals:
+        # A dead closure may linger in a reference cycle (a recursive closure refers to its
+        # own wrapper): collect before accusing it. Rare, so the cost does not matter.
+        del rivals
+        gc.collect()
+    with _live_lock:
+        clash = bool(_rivals(keyer, prefix))
+        _live.setdefault(prefix, weakref.WeakSet()).add(keyer)
+        if len(_live) >= _live_sweep_at:
+            for key in [key for key, live in _live.items() if not live]:
+                del _live[key]
+            _live_sweep_at = max(64, 2 * len(_live))
+    return not clash

@@ -4,16 +4,21 @@ Keys are ``memo:{module}.{qualname}:{hash of the bound arguments}`` (see ``keys.
 they are the same in every process and across restarts; defaults are applied and keyword
 order does not matter. Methods: ``self`` (or ``cls``) is part of the key, so its type must
 define ``__tiercache_key__()`` (classes are keyed by their qualified name), or be excluded
-with ``ignore=("self",)`` when results do not depend on the instance.
+with ``ignore=("self",)`` when results do not depend on the instance. Nested functions and
+lambdas add ``@{line}`` and a hash of their plain-data closure variables; partials and
+callable instances work too (see `ArgumentKeyer`). Module-level memoized functions pickle by
+qualified name, so ``multiprocessing`` pools can map them.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .keys import ArgumentKeyer, check_tags
+from .errors import KeyCollisionWarning
+from .keys import ArgumentKeyer, _check_text, check_tags, claim_prefix
 from .options import Duration, check_optional_ttl
 from .telemetry import ATTR_FUNCTION, SPAN_MEMOIZE
 
@@ -44,19 +49,38 @@ class Memoized(Generic[P, R]):
         tags: tuple[str, ...] = (),
         name: str | None = None,
     ) -> None:
-        functools.update_wrapper(self, func)
+        qualname = getattr(func, "__qualname__", None)
+        if isinstance(qualname, str):
+            functools.update_wrapper(self, func)
+        else:
+            # A callable instance or a partial: copy what exists, not the instance's own
+            # attributes (they could shadow cache_key/invalidate).
+            functools.update_wrapper(self, func, updated=())
+            target = getattr(func, "func", func) if isinstance(func, functools.partial) else func
+            qualname = getattr(target, "__qualname__", None)
+            if not isinstance(qualname, str):
+                qualname = type(target).__qualname__
+        self._label: str = qualname
         self._func = func
         self._cache = cache
         self._ttl = ttl
         self._tags = tags
         self._keyer = ArgumentKeyer(func, ignore, name)
+        if not claim_prefix(self._keyer):
+            warnings.warn(
+                f"{self!r} shares its key prefix {self._keyer.prefix!r} with another live "
+                "memoized function that captures other objects or runs other code: each "
+                "would be served the other's results. Give them distinct name= values.",
+                KeyCollisionWarning,
+                stacklevel=3,
+            )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         key = self._keyer(args, kwargs)
         cache = self._cache()
         telemetry = cache._telemetry
         if telemetry.tracing and telemetry.trace_l1_hits:
-            attributes = {ATTR_FUNCTION: self._func.__qualname__}
+            attributes = {ATTR_FUNCTION: self._label}
             with telemetry.span(SPAN_MEMOIZE, key, attributes):
                 return cache.get_or_set(
                     key, lambda: self._func(*args, **kwargs), self._ttl, tags=self._tags
@@ -79,7 +103,16 @@ class Memoized(Generic[P, R]):
         return _BoundMemoized(self, instance)
 
     def __repr__(self) -> str:
-        return f"<memoized {self.__wrapped__.__qualname__}>"
+        return f"<memoized {self._label}>"
+
+    def __reduce__(self) -> str:
+        # Pickled by reference, as functools.lru_cache does: the unpickling process imports
+        # the module and finds the memoized object under the same qualified name, so
+        # multiprocessing can send a module-level memoized function to its workers.
+        qualname = self.__dict__.get("__qualname__")
+        if not isinstance(qualname, str) or "<locals>" in qualname or "<lambda>" in qualname:
+            raise TypeError(f"cannot pickle {self!r}: only module-level memoized functions pickle")
+        return qualname
 
 
 class _BoundMemoized:
@@ -114,16 +147,22 @@ def memoize_with(
 ) -> Callable[[Callable[P, R]], Any]:
     """A decorator caching results in ``cache()`` (resolved at call time).
 
-    ``name`` replaces ``module.qualname`` in the keys: give one to closures and lambdas
-    whose results should be shared across processes (without it, their keys are private to
-    the function object, since closures of one factory share a qualified name).
+    ``name`` replaces ``module.qualname`` (and the ``@line`` of a nested function) in the
+    keys; closure variables holding plain data are still part of them. Memoizing a function
+    while another live one would share its keys warns with `KeyCollisionWarning`: give them
+    distinct names. A non-str ``name`` is a `TypeError`, an empty one a `ValueError`.
 
     Since: 0.1.0
     """
     ttl_s = None if ttl is None else check_optional_ttl("ttl", ttl, 0.0)
     tag_list = tuple(check_tags(tags))
-    if name is not None and (not isinstance(name, str) or not name):
-        raise TypeError(f"name must be a non-empty str, not {name!r}")
+    if name is not None:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        name = str.__str__(name)  # a str subclass: its base value, as for keys
+        if not name:
+            raise ValueError("name must not be empty")
+        _check_text(name, "name")
     if isinstance(ignore, str):
         ignore = (ignore,)
     ignored = tuple(ignore)

@@ -15,6 +15,7 @@ EXPECTED_ALL = [
     "CircuitOpenError",
     "ConfigurationError",
     "CorruptEntryError",
+    "KeyCollisionWarning",
     "L2Error",
     "LoaderTimeoutError",
     "Memoized",

@@ -11,10 +11,20 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import fakeredis
 import pytest
 
 from tests.support import run_python
-from tiercache.keys import MEMO_PREFIX, ArgumentKeyer, check_key, check_keys, encode_argument
+from tiercache import TierCache
+from tiercache.keys import (
+    MAX_ARGUMENT_DEPTH,
+    MEMO_PREFIX,
+    ArgumentKeyer,
+    check_key,
+    check_keys,
+    check_tags,
+    encode_argument,
+)
 
 # -- check_key ----------------------------------------------------------------------------
 
@@ -84,6 +94,61 @@ def test_check_keys_names_the_index_of_a_bad_key() -> None:
     with pytest.raises(TypeError, match=r"^keys\[1\] must be a str, not int"):
         check_keys(["a", 1], 1024)
     assert check_keys(iter(["a", "b"]), 1024) == ["a", "b"]
+
+
+class _Color(str, enum.Enum):
+    RED = "red"
+
+
+def test_check_key_keeps_the_base_value_of_a_str_enum_member() -> None:
+    """A ``(str, Enum)`` member (whose ``__str__`` says ``_Color.RED``) is keyed by its value."""
+    assert check_key(_Color.RED, 1024) == "red"
+    assert check_keys([_Color.RED], 1024) == ["red"]
+
+
+def test_check_tags_keeps_the_plain_base_value_of_str_subclass_tags() -> None:
+    """Tags that are ``str`` subclass instances become their plain ``str`` value."""
+    tags = check_tags([_Color.RED, "red"])
+    assert tags == ["red"]
+    assert type(tags[0]) is str
+
+
+def test_l1_only_get_after_set_with_a_str_enum_key_finds_the_value() -> None:
+    """In L1-only mode, ``get(Color.RED)`` right after ``set(Color.RED, v)`` returns ``v``."""
+    with TierCache(None, namespace="keys") as cache:
+        cache.set(_Color.RED, 1)
+        assert cache.get(_Color.RED) == 1
+        assert cache.get("red") == 1
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "user:\udfff", "é\ud83d"])
+def test_keys_and_tags_with_lone_surrogates_are_a_value_error_naming_the_argument(
+    bad: str,
+) -> None:
+    """Text that is not valid UTF-8 (a lone surrogate, as json.loads makes from user input)
+    is refused before any I/O, with a ValueError naming the argument."""
+    with pytest.raises(ValueError, match=r"^key is not valid UTF-8"):
+        check_key(bad, 1024)
+    with pytest.raises(ValueError, match=r"^keys\[1\] is not valid UTF-8"):
+        check_keys(["ok", bad], 1024)
+    with pytest.raises(ValueError, match=r"^tags is not valid UTF-8"):
+        check_tags(["ok", bad])
+
+
+def test_lone_surrogate_key_never_reaches_redis_or_the_breaker(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    """Many requests with a lone-surrogate key raise ValueError and leave Redis usable:
+    no L2 error is counted, so the circuit breaker stays closed for every other key."""
+    with TierCache(fake_redis, namespace="keys") as cache:
+        for _ in range(10):
+            with pytest.raises(ValueError, match="not valid UTF-8"):
+                cache.get("\ud800")
+            with pytest.raises(ValueError, match="not valid UTF-8"):
+                cache.set("k", 1, tags=("\ud800",))
+        cache.set("k", 2)
+        assert fake_redis.exists("keys:k")
+        assert cache.get("k") == 2
 
 
 # -- encode_argument: distinctness --------------------------------------------------------
@@ -290,6 +355,87 @@ def test_unsupported_type_is_a_type_error_naming_the_path(value: object, path: s
     """The error names where in the argument the bad value sits, and its type."""
     with pytest.raises(TypeError, match=rf"^cannot build a cache key from {path}of type"):
         _enc(value)
+
+
+class _Loud(str):
+    def __str__(self) -> str:
+        return "loud"
+
+    def __repr__(self) -> str:
+        return "loud"
+
+    def __hash__(self) -> int:
+        return 0
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:  # type: ignore[override]
+        return b"loud"
+
+
+class _Big(int):
+    def __repr__(self) -> str:
+        return "big"
+
+    def __int__(self) -> int:
+        return 0
+
+
+class _Heavy(float):
+    def __float__(self) -> float:
+        return 0.0
+
+
+class _Raw(bytes):
+    def __bytes__(self) -> bytes:
+        return b"raw"
+
+
+class _Exact(Decimal):
+    def __str__(self) -> str:
+        return "0"
+
+
+def test_subclasses_of_value_types_encode_as_their_base_value() -> None:
+    """Overridden __str__/__repr__/__hash__/encode/__int__/__float__/__bytes__ do not enter
+    the encoding: a subclass instance encodes exactly like its base value."""
+    assert _enc(_Loud("a")) == _enc("a")
+    assert _enc(_Big(7)) == _enc(7)
+    assert _enc(_Heavy(1.5)) == _enc(1.5)
+    assert _enc(_Raw(b"x")) == _enc(b"x")
+    assert _enc(_Exact("1.10")) == _enc(Decimal("1.10"))
+
+
+def test_str_enum_members_stay_type_tagged() -> None:
+    """A ``(str, Enum)`` member is keyed by its class and value, not as the plain str."""
+    assert _enc(_Color.RED) != _enc("red")
+    assert _enc(_Color.RED) == _enc(_Color("red"))
+
+
+def test_self_referencing_argument_is_a_type_error_naming_the_argument() -> None:
+    """A list that contains itself is a TypeError naming the path, not a RecursionError."""
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(TypeError, match=r"^cannot build a cache key from argument\[0\]"):
+        _enc(looped)
+
+    def f(items: object) -> None: ...
+
+    with pytest.raises(TypeError, match=r"argument 'items'.*nested deeper than 100"):
+        ArgumentKeyer(f)((looped,), {})
+
+
+def test_very_deep_argument_is_a_type_error_and_the_depth_limit_holds() -> None:
+    """5,000 nested lists are a TypeError; exactly MAX_ARGUMENT_DEPTH levels still encode."""
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(TypeError, match=r"nested deeper than"):
+        _enc(deep)
+    ok: Any = 1.5  # a leaf of any scalar type is not a level
+    for _ in range(MAX_ARGUMENT_DEPTH):
+        ok = [ok]
+    assert _enc(ok).startswith(b"l")
+    with pytest.raises(TypeError, match=r"nested deeper than"):
+        _enc([ok])
 
 
 def test_encoding_format_is_pinned() -> None:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import inspect
+import json
+import os
+import pickle
 import random
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +17,8 @@ import fakeredis
 import pytest
 
 import tiercache
-from tests.support import FakeClock
+from tests.multiprocess import memo_helpers
+from tests.support import FakeClock, run_python
 from tiercache import Memoized, TierCache
 
 CLOCK_START = 1_000_000.0  # where this module's fake clocks start
@@ -541,3 +548,298 @@ def test_closures_with_the_same_qualname_do_not_share_results(l1_cache: TierCach
         return  # refusing ambiguous names up front is an acceptable fix
     assert (add_one(10), add_hundred(10)) == (11, 110)
     assert (double(3), square(3)) == (6, 9)
+
+
+# -- nested functions, lambdas, partials, callable instances ------------------------------------
+
+# A factory like an application's create_app(tenant): the memoized closure captures plain data
+# (the tenant) and an object that is not (the "client"). Run here and in a fresh interpreter.
+_FACTORY_CODE = """
+import json
+from tiercache import TierCache
+
+cache = TierCache(None, namespace="memo")
+
+def create_app(tenant, client):
+    @cache.memoize()
+    def greet(name):
+        return f"{tenant}: hello {name} via {client!r}"
+    return greet
+
+def make_lambdas():
+    return cache.memoize()(lambda x: x), cache.memoize()(
+        lambda x: x
+    )
+
+first, second = make_lambdas()
+result = [
+    create_app("a", object()).cache_key("bob"),
+    create_app("b", object()).cache_key("bob"),
+    first.cache_key(1),
+    second.cache_key(1),
+]
+"""
+
+
+def _factory_keys(env: dict[str, str] | None = None) -> list[str]:
+    namespace: dict[str, Any] = {"__name__": "factory_mod"}
+    if env is None:
+        exec(_FACTORY_CODE, namespace)
+        return list(namespace["result"])
+    code = (
+        f"import json\nns = {{'__name__': 'factory_mod'}}\nexec({_FACTORY_CODE!r}, ns)\n"
+        "print(json.dumps(ns['result']))"
+    )
+    proc = run_python(code, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return list(json.loads(proc.stdout))
+
+
+def test_nested_function_keys_are_the_same_in_every_process() -> None:
+    """Keys of closures and lambdas hold nothing process-dependent (no id()): a fresh
+    interpreter with another hash seed computes the same keys."""
+    here = _factory_keys()
+    env = dict(os.environ, PYTHONHASHSEED="4242", PYTHONDONTWRITEBYTECODE="1")
+    assert _factory_keys(env) == here
+    assert all("#" not in key for key in here)
+
+
+def test_nested_function_key_format_has_line_and_closure_hash() -> None:
+    """A closure's key is ``memo:{module}.{qualname}@{line}~{closure hash}:{args hash}``; a
+    lambda without closure variables has no ``~`` part."""
+    app_a, app_b, lam1, lam2 = _factory_keys()
+    assert re.fullmatch(
+        r"memo:factory_mod\.create_app\.<locals>\.greet@8~[0-9a-f]{32}:[0-9a-f]{32}", app_a
+    )
+    assert app_a != app_b  # the tenant differs; the client object does not enter the key
+    assert app_a.split(":")[2] == app_b.split(":")[2]  # same argument hash
+    assert re.fullmatch(r"memo:factory_mod\.make_lambdas\.<locals>\.<lambda>@14:[0-9a-f]{32}", lam1)
+    assert lam2.startswith("memo:factory_mod.make_lambdas.<locals>.<lambda>@15:")
+
+
+def test_a_new_closure_never_reads_a_freed_closure_results(l1_cache: TierCache) -> None:
+    """A closure made after an older one over another value was freed (CPython then reuses
+    its id) is served its own value, never the old closure's."""
+
+    def create_app(tenant: str) -> Any:
+        @l1_cache.memoize()
+        def whoami() -> str:
+            return tenant
+
+        return whoami
+
+    for i in range(50):
+        app = create_app(f"tenant-{i}")
+        assert app() == f"tenant-{i}"
+        del app
+        gc.collect()
+
+
+def test_rebinding_a_closure_variable_changes_the_key(l1_cache: TierCache) -> None:
+    """A closure variable rebound with ``nonlocal`` is re-read: the next call uses a key
+    for the new value, and rebinding back finds the first result again."""
+    mode = "fast"
+    loads: list[str] = []
+
+    @l1_cache.memoize()
+    def run(x: int) -> str:
+        loads.append(mode)
+        return f"{mode}:{x}"
+
+    def switch(new: str) -> None:
+        nonlocal mode
+        mode = new
+
+    assert run(1) == "fast:1"
+    switch("slow")
+    assert run(1) == "slow:1"
+    switch("fast")
+    assert run(1) == "fast:1"
+    assert loads == ["fast", "slow"]
+
+
+def test_mutating_a_captured_list_in_place_keeps_the_key(l1_cache: TierCache) -> None:
+    """A captured list is read when decorated (and when rebound), not at every call: an
+    accumulator appended to by the function does not change its keys."""
+    loads: list[int] = []
+
+    @l1_cache.memoize()
+    def f(x: int) -> int:
+        loads.append(x)
+        return x
+
+    assert f(1) == f(1) == 1
+    assert loads == [1]
+
+
+def test_variable_assigned_after_decoration_takes_part_once_assigned(
+    l1_cache: TierCache,
+) -> None:
+    """A closure variable assigned after the decoration (an empty cell then) is read at the
+    first call that sees it filled, so two factories' closures still differ."""
+
+    def create(rate: int) -> Any:
+        @l1_cache.memoize()
+        def apply(x: int) -> int:
+            return x * factor
+
+        factor = rate
+        return apply
+
+    double, triple = create(2), create(3)
+    assert (double(5), triple(5)) == (10, 15)
+    assert double.cache_key(5) != triple.cache_key(5)
+
+
+def test_live_closures_over_different_objects_warn_of_a_key_collision(
+    l1_cache: TierCache,
+) -> None:
+    """Two live closures of one factory that differ only in captured objects that are not
+    plain data share keys: memoizing the second warns, and the message says to use name=."""
+
+    def create(client: object) -> Any:
+        @l1_cache.memoize()
+        def fetch(x: int) -> str:
+            return f"{client!r}:{x}"
+
+        return fetch
+
+    first = create(object())
+    with pytest.warns(tiercache.KeyCollisionWarning, match=r"name="):
+        second = create(object())
+    assert first.cache_key(1) == second.cache_key(1)
+
+
+def test_no_collision_warning_for_the_same_closure_twice_or_a_dead_one(
+    l1_cache: TierCache,
+) -> None:
+    """The same factory over the same objects, or after the older closure is gone, or with
+    distinct name= values, is not a collision (warnings are errors in this suite)."""
+    client = object()
+
+    def create(client: object, name: str | None = None) -> Any:
+        @l1_cache.memoize(name=name)
+        def fetch(x: int) -> str:
+            return f"{client!r}:{x}"
+
+        return fetch
+
+    one, two = create(client), create(client)
+    assert one.cache_key(1) == two.cache_key(1)
+    del one, two
+    create(object())
+    a, b = create(object(), name="fetch-a"), create(object(), name="fetch-b")
+    assert a.cache_key(1) != b.cache_key(1)
+
+
+def test_memoize_on_a_partial_keys_it_as_the_function_with_bound_arguments(
+    l1_cache: TierCache,
+) -> None:
+    """A memoized functools.partial works: its bound arguments enter the key, as if passed,
+    so ``partial(f, 2)(5)`` shares ``f(2, 5)``'s key and differs from ``partial(f, 3)(5)``."""
+
+    def power(base: int, exp: int, *, mod: int = 0) -> int:
+        return base**exp % mod if mod else base**exp
+
+    plain = l1_cache.memoize()(power)
+    twos = l1_cache.memoize()(functools.partial(power, 2))
+    threes = l1_cache.memoize()(functools.partial(power, 3, mod=7))
+    assert (twos(5), threes(5)) == (32, 5)
+    assert twos.cache_key(5) == plain.cache_key(2, 5)
+    assert threes.cache_key(5) == plain.cache_key(3, 5, mod=7)
+    assert "<memoized" in repr(twos)
+
+
+def test_memoize_on_a_callable_instance_is_keyed_by_its_type(l1_cache: TierCache) -> None:
+    """A callable instance can be memoized; its key name is the type's qualified name, and
+    the instance takes part only through ``__tiercache_key__``."""
+
+    class Pricer:
+        """Prices things."""
+
+        def __init__(self, rate: int) -> None:
+            self.rate = rate
+
+        def __call__(self, sku: str) -> str:
+            return f"{sku}*{self.rate}"
+
+        def __tiercache_key__(self) -> int:
+            return self.rate
+
+    two, three = l1_cache.memoize()(Pricer(2)), l1_cache.memoize()(Pricer(3))
+    assert (two("a"), three("a")) == ("a*2", "a*3")
+    assert two.cache_key("a").startswith(f"memo:{__name__}.{Pricer.__qualname__}@")
+    assert two.__doc__ == "Prices things."
+
+
+def test_empty_name_is_a_value_error_and_a_non_str_name_a_type_error() -> None:
+    """``name=""`` is a ValueError (a bad value); a name that is not a str, a TypeError."""
+    with pytest.raises(ValueError, match="name must not be empty"):
+        tiercache.memoize(name="")
+    with pytest.raises(TypeError, match="name must be a str"):
+        tiercache.memoize(name=42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="name is not valid UTF-8"):
+        tiercache.memoize(name="\ud800")
+
+
+def test_self_referencing_argument_is_a_type_error_before_loading(cache: TierCache) -> None:
+    """A memoized call with a list that contains itself raises TypeError, not RecursionError,
+    and the function does not run."""
+    loads: list[object] = []
+
+    @cache.memoize()
+    def f(items: list[Any]) -> int:
+        loads.append(items)
+        return 1
+
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(TypeError, match="argument 'items'"):
+        f(looped)
+    assert loads == []
+
+
+# -- module-level functions: stable keys, pickling ----------------------------------------------
+
+
+def test_module_level_key_is_unchanged() -> None:
+    """The key of a module-level function is byte-identical to earlier releases' (users have
+    these keys in Redis)."""
+    assert (
+        memo_helpers.square.cache_key(7)
+        == "memo:tests.multiprocess.memo_helpers.square:b825dbae9258ae91793a7684a49fe69c"
+    )
+
+
+def test_module_level_memoized_function_pickles_by_reference() -> None:
+    """A module-level memoized function pickles by qualified name, like lru_cache: unpickling
+    gives the same object back."""
+    assert pickle.loads(pickle.dumps(memo_helpers.square)) is memo_helpers.square
+
+
+def test_nested_memoized_function_refuses_to_pickle_with_a_clear_error(
+    l1_cache: TierCache,
+) -> None:
+    """A closure cannot be found by name in another process: pickling it is a TypeError."""
+    f = l1_cache.memoize()(lambda x: x)
+    with pytest.raises(TypeError, match="only module-level memoized functions pickle"):
+        pickle.dumps(f)
+
+
+def test_live_callable_instances_without_key_hook_warn_of_a_key_collision(
+    l1_cache: TierCache,
+) -> None:
+    """Two live instances of one callable type without ``__tiercache_key__`` share keys:
+    memoizing the second warns."""
+
+    class Fetcher:
+        def __init__(self, client: object) -> None:
+            self.client = client
+
+        def __call__(self, x: int) -> str:
+            return f"{self.client!r}:{x}"
+
+    first = l1_cache.memoize()(Fetcher(object()))
+    with pytest.warns(tiercache.KeyCollisionWarning):
+        second = l1_cache.memoize()(Fetcher(object()))
+    assert first.cache_key(1) == second.cache_key(1)
