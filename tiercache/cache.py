@@ -1,17 +1,11 @@
-"""TierCache: the public API and the read/write flow across L1, L2 and the loader.
-
-Reads try L1 without a lock, then L2, then the loader (once per key per process through
-`SingleFlight`, once per key across processes through a lease);
-writes go to L2 first, then L1, then the bus. This module makes no Redis call of its own:
-``l2.py`` does, and every failure there arrives here as an
-`L2Error` that reads turn into a miss.
+"""TierCache: the public API. It checks arguments, keeps the L1-hit path inline, opens spans
+and delegates: reads past an L1 miss to ``loading.py`` (which reads L2 through ``reading.py``),
+writes to ``writing.py``. The parts are built in ``assembly.py``; this module makes no Redis
+call of its own, and no part calls back into it.
 """
 
 from __future__ import annotations
 
-import os
-import random
-import threading
 import time
 import warnings
 import weakref
@@ -19,50 +13,43 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from cachetools import LRUCache
-
 from . import forking
+from .assembly import assemble
 from .background import Background
 from .codec import Serializer
 from .coherence import Coherence
-from .entry import EntryCodec
-from .errors import CircuitOpenError, L2Error
-from .flight import SingleFlight
 from .keys import check_key, check_keys, check_tags
-from .l1 import LocalTier
 from .l2 import RedisTier
-from .loading import ReadPath
-from .options import TTL_JITTER, Breaker, Duration, Settings
-from .pending import PendingWrites
-from .reading import L2Hit
-from .resilience import CLOSED, CircuitBreaker
-from .stats import Counters, RateLimitedLog
+from .options import Breaker, Duration, Settings, check_optional_ttl
+from .resilience import CLOSED
 from .telemetry import (
     ATTR_KEY_COUNT,
+    ATTR_RESULT,
+    ATTR_TIER,
     SPAN_CLEAR,
     SPAN_DELETE,
     SPAN_DELETE_MANY,
+    SPAN_GET,
     SPAN_GET_MANY,
+    SPAN_GET_OR_SET,
     SPAN_INVALIDATE_TAGS,
     SPAN_SET,
     SPAN_SET_MANY,
     RecordKeys,
     Telemetry,
-    spanned,
 )
 from .telemetry import forget as stop_metrics
 from .telemetry import observe as report_metrics
-from .traced import TracedReads
-from .writing import WritePath
 
 __all__ = ["TierCache"]
 
 T = TypeVar("T")
 # Seconds between two housekeeping ticks on the read path: drain the bus, check the pid.
 _TICK = 0.001
+_L1_HIT = {ATTR_TIER: "l1", ATTR_RESULT: "hit"}
 
 
-class TierCache(TracedReads, WritePath, ReadPath):
+class TierCache:
     """An in-process L1 in front of a Redis L2, kept coherent across instances by pub/sub.
 
     Args:
@@ -138,7 +125,7 @@ class TierCache(TracedReads, WritePath, ReadPath):
         trace_l1_hits: bool = True,
         timer: Callable[[], float] | None = None,
     ) -> None:
-        settings = Settings.build(
+        self._settings = settings = Settings.build(
             namespace=namespace,
             ttl=ttl,
             l1_ttl=l1_ttl,
@@ -162,64 +149,20 @@ class TierCache(TracedReads, WritePath, ReadPath):
             trace_l1_hits=trace_l1_hits,
             timer=timer,
         )
-        self._settings = settings
-        self._codec = EntryCodec(
-            serializer,
-            compress_threshold=settings.compress_threshold,
-            max_value_bytes=settings.max_value_bytes,
-        )
-        self._flight = SingleFlight()
-        # An invalidation also detaches the key's load in flight: a get_or_set that starts
-        # after it must not join a load that started before it.
-        self._l1 = LocalTier(settings.l1_maxsize, timer or time.monotonic, self._flight.detach)
-        self._l2 = None
-        self._breaker: CircuitBreaker | None = None
-        if client is not None:
-            # Without a breaker (breaker=None), an unreachable Redis costs every call a timeout.
-            limits = settings.breaker or Breaker(failures=2**31, reset_after=1.0)
-            self._breaker = CircuitBreaker(limits.failures, limits.reset_after, self._l1.timer)
-            self._l2 = RedisTier(client, self._breaker)
-        self._telemetry = Telemetry(
-            settings.namespace,
-            enabled=settings.telemetry,
-            record_keys=settings.record_keys,  # type: ignore[arg-type]
-            trace_l1_hits=settings.trace_l1_hits,
-            server=self._l2.server() if self._l2 is not None else None,
-        )
-        if self._l2 is not None:
-            self._l2.telemetry = self._telemetry
-        self._wall: Callable[[], float] = timer or time.time
-        self._prefix = settings.namespace + ":"
-        self._counters = Counters()
-        self._l2_log = RateLimitedLog()
-        self._corrupt_logged: LRUCache[str, bool] = LRUCache(maxsize=1024)
-        self._unstorable_logged: LRUCache[str, bool] = LRUCache(maxsize=1024)
-        self._pending = PendingWrites()
-        self._background = Background(settings.background_workers, "tiercache-load")
-        # Guards _refreshing: keys with a refresh-ahead in flight in this instance.
-        self._refreshing_lock = threading.Lock()
-        self._refreshing: set[str] = set()
+        tier = "L1-only" if client is None else "L1+L2"
+        parts = assemble(client, settings, serializer, f"<TierCache {namespace!r} {tier}>")
+        self._l1, self._l2, self._coherence = parts.l1, parts.l2, parts.coherence
+        self._flight, self._telemetry = parts.flight, parts.telemetry
+        self._counters = parts.counters
+        self._breaker, self._lifecycle = parts.breaker, parts.lifecycle
+        self._loads, self._writes = parts.loads, parts.writes
         self._owns_client = False
-        self._closed = False
-        self._pid = os.getpid()
-        self._coherence = (
-            Coherence(
-                self._l1,
-                self._l2,
-                settings.namespace,
-                settings.l1_ttl,
-                self._counters,
-                self._l1.timer,
-            )
-            if self._l2 is not None
-            else None
-        )
         # Hot-path aliases: an L1 hit is a clock read, one comparison against the next
         # housekeeping tick, a dict lookup and a deque append; no lock, no call of ours.
         self._l1_hits = 0
-        self._l1_lookup = self._l1.data.get
-        self._l1_touch = self._l1.recent.append
-        self._clock = self._l1.timer
+        self._l1_lookup = parts.l1.data.get
+        self._l1_touch = parts.l1.recent.append
+        self._clock = parts.clock
         self._next_tick = 0.0
         self._shadowed = False
         forking.track(self)
@@ -229,14 +172,13 @@ class TierCache(TracedReads, WritePath, ReadPath):
         # module-level cache that lives as long as the process is not a leak.
         self._owned: list[RedisTier] = []
         self._finalizer = weakref.finalize(
-            self, _abandoned, repr(self), self._coherence, self._background, self._owned
+            self, _abandoned, repr(self), self._coherence, parts.background, self._owned
         )
         self._finalizer.atexit = False
+        self._background = parts.background
         if settings.telemetry:
             report_metrics(self)
             self._follow_tracing(time.monotonic())
-
-    # -- construction ------------------------------------------------------------------
 
     @classmethod
     def from_url(
@@ -315,56 +257,84 @@ class TierCache(TracedReads, WritePath, ReadPath):
             return entry[0]
         return self._get_miss(key, default)
 
-    @spanned(SPAN_GET_MANY)
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The cached values of those ``keys`` that are present; L2 in one ``MGET``.
 
         Since: 0.1.0
         """
-        wanted = check_keys(keys, self._settings.max_key_length)
-        self._check_open()
+        with self._telemetry.span(SPAN_GET_MANY):
+            wanted = check_keys(keys, self._settings.max_key_length)
+            self._lifecycle.check_open()
+            now = self._clock()
+            if now >= self._next_tick:
+                self._tick(now)
+            return self._loads.get_many(wanted)
+
+    def _get_or_set_miss(
+        self, key: Any, loader: Callable[[], T], ttl: Duration | None, tags: Iterable[str]
+    ) -> T:
+        checked = check_key(key, self._settings.max_key_length)
+        if not callable(loader):
+            raise TypeError(f"loader must be a callable taking no arguments, not {loader!r}")
+        ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
+        tag_list = check_tags(tags)
+        self._lifecycle.check_open()
+        if checked is not key:
+            # A str subclass (e.g. a ``(str, Enum)`` member) hashes unlike its text: the
+            # hot path missed, but L1 may hold the plain key.
+            entry = self._l1.get(checked)
+            if entry is not None:
+                self._counters.l1_hits += 1
+                return entry[0]  # type: ignore[no-any-return]
+        with self._telemetry.span(SPAN_GET_OR_SET, checked):
+            value: T = self._loads.get_or_set(checked, loader, ttl_s, tag_list)
+            return value
+
+    def _get_miss(self, key: Any, default: Any) -> Any:
+        checked = check_key(key, self._settings.max_key_length)
+        self._lifecycle.check_open()
+        if checked is not key:  # see _get_or_set_miss
+            entry = self._l1.get(checked)
+            if entry is not None:
+                self._counters.l1_hits += 1
+                return entry[0]
+        with self._telemetry.span(SPAN_GET, checked):
+            return self._loads.get(checked, default)
+
+    def _l1_hit(self, key: Any) -> tuple[bool, Any]:
         now = self._clock()
         if now >= self._next_tick:
             self._tick(now)
-        self._start_listener()
-        found: dict[str, Any] = {}
-        missing: list[str] = []
-        for key in dict.fromkeys(wanted):
-            entry = self._l1.get(key)
-            if entry is not None:
-                self._l1_hits += 1
-                found[key] = entry[0]
-            else:
-                missing.append(key)
-        self._counters.l1_misses += len(missing)
-        if not missing or self._l2 is None or not self._l2_usable():
-            return found
-        # One lock round for all tickets, one for all fills, one for all releases.
-        tickets = self._l1.tickets(missing)
         try:
-            try:
-                blobs = self._l2.get_many([self._prefix + key for key in missing])
-            except L2Error as exc:
-                self._read_failed(exc)
-                return found
-            fills = []
-            wall = self._wall()
-            stale_ttl = self._settings.stale_ttl
-            for key, blob, ticket in zip(missing, blobs, tickets, strict=True):
-                checked = self._check_blob(key, blob)
-                if isinstance(checked, L2Hit):
-                    hit = checked.entry
-                    found[key] = hit.value
-                    l1_ttl = self._l1_ttl_for(checked, wall)
-                    if l1_ttl > 0:
-                        tags = [tag for tag, _ in hit.tags] if hit.tags else ()
-                        stale_for = hit.expires_at + stale_ttl - wall
-                        fills.append((key, hit.value, l1_ttl, ticket, tags, stale_for))
-            if fills:
-                self._l1.fill_many(fills)
-        finally:
-            self._l1.release_all(tickets)
-        return found
+            entry = self._l1_lookup(key)
+        except TypeError:
+            return False, None
+        if entry is not None and now < entry[1]:
+            self._l1_touch(key)
+            self._l1_hits += 1
+            return True, entry[0]
+        return False, None
+
+    def _traced_get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], T],
+        ttl: Duration | None = None,
+        *,
+        tags: Iterable[str] = (),
+    ) -> T:
+        hit, value = self._l1_hit(key)
+        if hit:
+            with self._telemetry.span(SPAN_GET_OR_SET, key, _L1_HIT):
+                return value  # type: ignore[no-any-return]
+        return self._get_or_set_miss(key, loader, ttl, tags)
+
+    def _traced_get(self, key: str, default: Any = None) -> Any:
+        hit, value = self._l1_hit(key)
+        if hit:
+            with self._telemetry.span(SPAN_GET, key, _L1_HIT):
+                return value
+        return self._get_miss(key, default)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -399,7 +369,16 @@ class TierCache(TracedReads, WritePath, ReadPath):
             raise TypeError(f"mapping must be a Mapping of str keys, not {type(mapping).__name__}")
         keys = check_keys(mapping.keys(), self._settings.max_key_length, "mapping keys")
         with self._telemetry.span(SPAN_SET_MANY, None, {ATTR_KEY_COUNT: len(keys)}):
-            self._set_many(keys, mapping, ttl, tags)
+            # Values under their checked keys: a str-subclass key is stored as its text.
+            self._set_many(keys, dict(zip(keys, mapping.values(), strict=True)), ttl, tags)
+
+    def _set_many(
+        self, keys: list[str], mapping: Mapping[str, Any], ttl: Duration | None, tags: Any
+    ) -> None:
+        ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
+        tag_list = check_tags(tags)
+        self._lifecycle.check_open()
+        self._writes.set_many(keys, mapping, ttl_s, tag_list)
 
     def delete(self, key: str) -> None:
         """Remove ``key`` from L2 and from the L1 of every instance.
@@ -408,7 +387,8 @@ class TierCache(TracedReads, WritePath, ReadPath):
         """
         key = check_key(key, self._settings.max_key_length)
         with self._telemetry.span(SPAN_DELETE, key):
-            self._delete_many([key])
+            self._lifecycle.check_open()
+            self._writes.delete_many([key])
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Remove every key, in one ``UNLINK`` and one bus message.
@@ -417,32 +397,20 @@ class TierCache(TracedReads, WritePath, ReadPath):
         """
         wanted = check_keys(keys, self._settings.max_key_length)
         with self._telemetry.span(SPAN_DELETE_MANY, None, {ATTR_KEY_COUNT: len(wanted)}):
-            self._delete_many(wanted)
+            self._lifecycle.check_open()
+            self._writes.delete_many(wanted)
 
-    @spanned(SPAN_INVALIDATE_TAGS)
     def invalidate_tags(self, *tags: str) -> None:
         """Invalidate every entry set with any of ``tags``, in every instance, without
         scanning Redis: the tags' versions move on, so older entries read as misses.
 
         Since: 0.1.0
         """
-        tag_list = check_tags(tags, "tags")
-        self._check_open()
-        if not tag_list:
-            return  # nothing to invalidate: no message, no epoch that detaches loads
-        self._counters.tag_invalidations += len(tag_list)
-        try:
-            if self._coherence is not None:
-                self._start_listener()
-                self._replay_pending()
-                self._l2_invalidate_tags(tag_list)
-        except L2Error as exc:
-            self._pending.add_tags(tag_list)
-            self._write_failed(exc)
-        finally:
-            self._l1.invalidate_tags(tag_list)
+        with self._telemetry.span(SPAN_INVALIDATE_TAGS):
+            tag_list = check_tags(tags, "tags")
+            self._lifecycle.check_open()
+            self._writes.invalidate_tags(tag_list)
 
-    @spanned(SPAN_CLEAR)
     def clear(self) -> None:
         """Empty the whole namespace in every instance: the namespace version moves on, so
         every older entry reads as a miss (no ``KEYS``/``SCAN``/``FLUSHDB``; old entries
@@ -450,18 +418,9 @@ class TierCache(TracedReads, WritePath, ReadPath):
 
         Since: 0.1.0
         """
-        self._check_open()
-        self._counters.clears += 1
-        try:
-            if self._coherence is not None:
-                self._start_listener()
-                self._replay_pending()
-                self._l2_clear()
-        except L2Error as exc:
-            self._pending.add_clear()
-            self._write_failed(exc)
-        finally:
-            self._l1.flush()
+        with self._telemetry.span(SPAN_CLEAR):
+            self._lifecycle.check_open()
+            self._writes.clear()
 
     # -- introspection and lifecycle -----------------------------------------------------
 
@@ -474,6 +433,15 @@ class TierCache(TracedReads, WritePath, ReadPath):
     def settings(self) -> Settings:
         """The validated options of this cache."""
         return self._settings
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """This cache's OpenTelemetry helper: whether spans are recorded now (``tracing``,
+        ``trace_l1_hits``) and ``span(...)`` for code that opens spans around it (memoize).
+
+        Since: 0.2.0
+        """
+        return self._telemetry
 
     def stats(self) -> dict[str, int]:
         """A snapshot of plain counters: hits and misses per tier, loads, errors, L1 size,
@@ -520,9 +488,9 @@ class TierCache(TracedReads, WritePath, ReadPath):
 
         Since: 0.1.0
         """
-        if self._closed:
+        if self._lifecycle.closed:
             return
-        self._closed = True
+        self._lifecycle.closed = True
         self._finalizer.detach()
         if self._coherence is not None:
             self._coherence.close()
@@ -545,24 +513,27 @@ class TierCache(TracedReads, WritePath, ReadPath):
 
     def __repr__(self) -> str:
         tier = "L1-only" if self._l2 is None else "L1+L2"
-        state = ", closed" if self._closed else ""
+        state = ", closed" if self._lifecycle.closed else ""
         return f"<TierCache namespace={self._settings.namespace!r} {tier}{state}>"
 
     # -- housekeeping ------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
         self._next_tick = now + _TICK
-        pid = os.getpid()
-        if self._pid != pid:
-            self._after_fork()
+        lifecycle = self._lifecycle
+        pid = lifecycle.pid
+        lifecycle.forked()
         mono = time.monotonic()
         if mono >= self._telemetry.next_refresh:
             self._follow_tracing(mono)
-        if self._coherence is not None and not self._closed:
+        if self._coherence is not None and not lifecycle.closed:
             bus = self._coherence.bus
-            bus.ensure_started(pid)
-            # A busy process applies invalidations late if only the listener thread does it
-            # (field-notes 18): readers take what is already waiting, once per tick.
+            bus.ensure_started(pid if pid == lifecycle.pid else None)
+            # A busy process applies invalidations late if only the listener thread does
+            # it: with the request thread doing pure-Python work, a listener alone took
+            # p50 3-5 ms from PUBLISH to "the reader no longer sees the old value"; readers
+            # that also take what is already waiting, once per tick, cut it to ~0.5 ms
+            # (benchmarks/invalidation.py).
             bus.drain()
 
     def _follow_tracing(self, now: float) -> None:
@@ -582,46 +553,9 @@ class TierCache(TracedReads, WritePath, ReadPath):
             del self.get
             self._shadowed = False
 
-    def _start_listener(self) -> None:
-        pid = os.getpid()
-        if self._pid != pid:
-            self._after_fork()
-        if self._coherence is not None and not self._closed:
-            bus = self._coherence.bus
-            bus.ensure_started(pid)
-            bus.raise_if_refused()
-
     def _after_fork(self) -> None:
-        """In a forked child: empty L1, forget loads and versions, new bus identity."""
-        self._pid = os.getpid()
-        # Single-flight first: resetting L1 detaches its loads, under single-flight's lock.
-        self._flight.reset_after_fork()
-        self._l1.reset_after_fork()
-        self._background.reset_after_fork()
-        self._pending.reset_after_fork()
-        self._l2_log.reset_after_fork()
-        self._refreshing_lock = threading.Lock()
-        self._refreshing = set()
-        if self._breaker is not None:
-            self._breaker.reset()
-        if self._coherence is not None:
-            self._coherence.after_fork()
-
-    # -- small helpers -------------------------------------------------------------------
-
-    def _jittered(self, ttl_s: float) -> float:
-        # Only ever shortens: a value never outlives the ttl the caller asked for.
-        return ttl_s * (1.0 - random.random() * TTL_JITTER)
-
-    def _read_failed(self, exc: L2Error) -> None:
-        if isinstance(exc, CircuitOpenError):
-            return  # counted as l2_skipped by the breaker, which logs its own transitions
-        self._counters.l2_errors += 1
-        self._l2_log.warning("read", "tiercache: L2 read failed, degrading to L1: %s", exc)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
+        """In a forked child: every part resets its process-local state."""
+        self._lifecycle.forked()
 
 
 def _abandoned(

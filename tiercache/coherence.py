@@ -57,6 +57,8 @@ class Coherence:
     ) -> None:
         self._l1 = l1
         self._counters = counters
+        #: The Redis tier this coherence works through.
+        self.l2 = l2
         self.l1_ttl = l1_ttl
         self.versions = Versions(l2, namespace, refresh_after=l1_ttl / 2, clock=clock)
         self.leases = Leases(l2)

@@ -33,7 +33,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-__all__ = ["RECENT_HITS", "SWEEP_INTERVAL", "LocalTier", "Ticket"]
+__all__ = ["RECENT_HITS", "SWEEP_INTERVAL", "LocalTier", "Ticket", "Tickets"]
 
 #: How many hits are remembered between two fills for the LRU order.
 RECENT_HITS = 1024
@@ -62,18 +62,46 @@ class _Bookkeeper(LRUCache[str, None]):
 
 class Ticket:
     """Taken before a load; a fill with it succeeds only if no invalidation came between.
+    Give it back when done: ``with tier.ticket(key) as ticket:``, or `release`.
 
     Since: 0.1.0
     """
 
-    __slots__ = ("epoch", "generation", "key", "record")
+    __slots__ = ("_tier", "epoch", "generation", "key", "record")
 
-    def __init__(self, key: str, epoch: int, record: list[int]) -> None:
+    def __init__(self, key: str, epoch: int, record: list[int], tier: LocalTier) -> None:
         self.key = key
         self.epoch = epoch
         # record = [tickets outstanding for the key, key generation]
         self.record = record
         self.generation = record[1]
+        self._tier = tier
+
+    def release(self) -> None:
+        """Give the ticket back (used or not)."""
+        self._tier.release(self)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tier.release(self)
+
+
+class Tickets(list[Ticket]):
+    """Tickets for many keys, given back together when the ``with`` block ends."""
+
+    __slots__ = ("_tier",)
+
+    def __init__(self, tickets: list[Ticket], tier: LocalTier) -> None:
+        super().__init__(tickets)
+        self._tier = tier
+
+    def __enter__(self) -> Tickets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tier.release_all(self)
 
 
 def _ignore(_keys: Iterable[str] | None) -> None:
@@ -162,10 +190,10 @@ class LocalTier:
         with self.lock:
             return self._ticket(key)
 
-    def tickets(self, keys: Sequence[str]) -> list[Ticket]:
+    def tickets(self, keys: Sequence[str]) -> Tickets:
         """`ticket` for many keys under one lock."""
         with self.lock:
-            return [self._ticket(key) for key in keys]
+            return Tickets([self._ticket(key) for key in keys], self)
 
     def release(self, ticket: Ticket) -> None:
         """Give back a ticket (always, in a ``finally``), used or not."""
@@ -296,7 +324,7 @@ class LocalTier:
         if record is None:
             record = self._inflight[key] = [0, 0]
         record[0] += 1
-        return Ticket(key, self._epoch, record)
+        return Ticket(key, self._epoch, record, self)
 
     def _release(self, ticket: Ticket) -> None:
         record = ticket.record

@@ -44,7 +44,7 @@ from .errors import CircuitOpenError, ConfigurationError, L2Error
 from .resilience import CLOSED, CircuitBreaker
 from .telemetry import Telemetry
 
-__all__ = ["CONFIG_ERRORS", "RedisTier", "misconfiguration"]
+__all__ = ["CONFIG_ERRORS", "RedisTier", "misconfiguration", "server_of"]
 
 R = TypeVar("R")
 
@@ -107,6 +107,18 @@ def misconfiguration(exc: BaseException, db: int = 0) -> Exception | None:
     return None
 
 
+def server_of(client: Any) -> tuple[str, int] | None:
+    """``(host, port)`` of a standalone redis-py client, for telemetry; None if unknown.
+
+    Since: 0.2.0
+    """
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    host, port = kwargs.get("host"), kwargs.get("port")
+    if isinstance(host, str) and isinstance(port, int):
+        return host, port
+    return None
+
+
 def _describe(operation: str, exc: BaseException) -> str:
     text = _without_arguments(exc)
     if isinstance(exc, RedisTimeoutError) and _handshake_timed_out(exc):
@@ -158,11 +170,7 @@ class RedisTier:
 
     def server(self) -> tuple[str, int] | None:
         """``(host, port)`` of a standalone client, for telemetry; None if unknown."""
-        kwargs = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", {})
-        host, port = kwargs.get("host"), kwargs.get("port")
-        if isinstance(host, str) and isinstance(port, int):
-            return host, port
-        return None
+        return server_of(self.client)
 
     def db(self) -> int:
         """The client's database number (0 when unknown, and always on a cluster)."""

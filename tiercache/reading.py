@@ -1,35 +1,47 @@
-"""Reading L2: fetch an entry, decide what it is good for, and fill L1 from it.
+"""Reading L2: fetch what a key holds and say, with a closed set of result types, what it is
+good for. The read path, the load path and ``get_many`` all read through `L2Reader`.
 
-A mixin of `TierCache`. `ReadL2._check_blob` sorts what a key holds into:
+`L2Reader.read` returns exactly one of:
 
-* `L2Hit`: fresh, and its namespace/tag versions are current: serve it;
-* `L2Stale`: past its logical expiry but still inside the fail-safe window (``stale_ttl``),
-  versions current: not served, but kept as the fallback if the loader fails;
-* `Lease`: another process is loading the key (its placeholder may carry a stale entry);
-* ``bytes``: unusable (corrupt, expired beyond use, or made stale by an invalidation);
-* ``None``: nothing there; an `L2Error` when Redis failed.
+* `Hit`: fresh, and its namespace/tag versions are current: serve it;
+* `Stale`: past its logical expiry but still inside the fail-safe window (``stale_ttl``),
+  versions current: not served, but the fallback if the loader fails;
+* `Leased`: another process is loading the key (its placeholder may carry a stale entry);
+* `Unusable`: bytes that must not be served (corrupt, expired beyond use, made stale by an
+  invalidation); a load replaces them, compare-and-set on these very bytes;
+* `MISSING_ENTRY`: nothing there;
+* `Failed`: Redis could not be read (counted and logged here; the caller degrades).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Final
 
 from cachetools import LRUCache
 
 from .coherence import Coherence
 from .entry import Entry, EntryCodec, Lease
-from .errors import CorruptEntryError, L2Error
-from .l1 import LocalTier, Ticket
+from .errors import CircuitOpenError, CorruptEntryError, L2Error
 from .l2 import RedisTier
-from .options import Settings
-from .stats import Counters, key_digest, log
+from .stats import Counters, RateLimitedLog, key_digest, log
 
-__all__ = ["Fallback", "L2Hit", "L2Stale", "ReadL2"]
+__all__ = [
+    "MISSING_ENTRY",
+    "Failed",
+    "Fallback",
+    "Hit",
+    "L2Reader",
+    "Leased",
+    "Missing",
+    "Read",
+    "Stale",
+    "Unusable",
+]
 
 
-class L2Hit:
-    """A servable L2 entry and when the versions it was checked against were learned."""
+class Hit:
+    """A servable entry, when the versions it was checked against were learned, its bytes."""
 
     __slots__ = ("blob", "entry", "learned_at")
 
@@ -39,14 +51,53 @@ class L2Hit:
         self.blob = blob
 
 
-class L2Stale:
-    """An expired L2 entry still inside its fail-safe window, and its bytes."""
+class Stale:
+    """An expired entry still inside its fail-safe window, and its bytes."""
 
     __slots__ = ("blob", "entry")
 
     def __init__(self, entry: Entry, blob: bytes) -> None:
         self.entry = entry
         self.blob = blob
+
+
+class Leased:
+    """Another process holds the key's lease: it is loading it."""
+
+    __slots__ = ("lease",)
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+
+
+class Unusable:
+    """Bytes that must not be served; a load replaces exactly these bytes."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+
+class Missing:
+    """Nothing at the key (one instance: `MISSING_ENTRY`)."""
+
+    __slots__ = ()
+
+
+MISSING_ENTRY: Final = Missing()
+
+
+class Failed:
+    """Redis could not be read."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: L2Error) -> None:
+        self.error = error
+
+
+Read = Hit | Stale | Leased | Unusable | Missing | Failed
 
 
 class Fallback:
@@ -61,104 +112,120 @@ class Fallback:
         self.for_seconds = for_seconds
 
 
-class ReadL2:
-    """L2 reads of `TierCache` (a mixin; see the module docstring)."""
+class L2Reader:
+    """Reads and classifies L2 entries of one cache.
 
-    _settings: Settings
-    _codec: EntryCodec
-    _l1: LocalTier
-    _l2: RedisTier | None
-    _coherence: Coherence | None
-    _counters: Counters
-    _corrupt_logged: LRUCache[str, bool]
-    _prefix: str
-    _wall: Callable[[], float]
-    _clock: Callable[[], float]
+    Since: 0.2.0
+    """
 
-    if TYPE_CHECKING:
+    __slots__ = (
+        "_codec",
+        "_coherence",
+        "_corrupt_logged",
+        "_counters",
+        "_l2",
+        "_l2_log",
+        "_namespace",
+        "_stale_ttl",
+        "_wall",
+        "rkey",
+    )
 
-        def _read_failed(self, exc: L2Error) -> None: ...
+    def __init__(
+        self,
+        l2: RedisTier,
+        codec: EntryCodec,
+        coherence: Coherence,
+        counters: Counters,
+        l2_log: RateLimitedLog,
+        *,
+        namespace: str,
+        stale_ttl: float,
+        wall: Callable[[], float],
+        rkey: Callable[[str], str],
+    ) -> None:
+        self._l2 = l2
+        self._codec = codec
+        self._coherence = coherence
+        self._counters = counters
+        self._l2_log = l2_log
+        self._namespace = namespace
+        self._stale_ttl = stale_ttl
+        self._wall = wall
+        #: The Redis key of a cache key.
+        self.rkey = rkey
+        self._corrupt_logged: LRUCache[str, bool] = LRUCache(maxsize=1024)
 
-    def _read_l2(self, key: str) -> L2Hit | L2Stale | Lease | bytes | L2Error | None:
-        """Read and classify what ``key`` holds in L2 (see the module docstring)."""
-        assert self._l2 is not None
+    def read(self, key: str) -> Read:
+        """Read and classify what ``key`` holds."""
         try:
-            blob = self._l2.get(self._prefix + key)
+            blob = self._l2.get(self.rkey(key))
         except L2Error as exc:
-            self._read_failed(exc)
-            return exc
-        return self._check_blob(key, blob)
+            return self.failed(exc)
+        return self.classify(key, blob, self._wall())
 
-    def _check_blob(
-        self, key: str, blob: bytes | None
-    ) -> L2Hit | L2Stale | Lease | bytes | L2Error | None:
+    def read_many(self, keys: Sequence[str]) -> list[Read] | Failed:
+        """`read` for many keys in one round trip (per slot on a cluster)."""
+        try:
+            blobs = self._l2.get_many([self.rkey(key) for key in keys])
+        except L2Error as exc:
+            return self.failed(exc)
+        wall = self._wall()
+        return [self.classify(key, blob, wall) for key, blob in zip(keys, blobs, strict=True)]
+
+    def classify(self, key: str, blob: bytes | None, wall: float) -> Read:
+        """What ``blob``, read at ``key``, is good for (counted in the L2 counters)."""
+        counters = self._counters
         if blob is None:
-            self._counters.l2_misses += 1
-            return None
+            counters.l2_misses += 1
+            return MISSING_ENTRY
         try:
             entry = self._codec.decode(blob)
         except CorruptEntryError as exc:
             self._corrupt(key, exc)
-            return blob
+            return Unusable(blob)
         if isinstance(entry, Lease):
-            self._counters.l2_misses += 1
-            return entry
+            counters.l2_misses += 1
+            return Leased(entry)
         try:
-            learned_at = self._current(entry)
+            learned_at = self._coherence.validate(entry)
         except L2Error as exc:
-            self._read_failed(exc)
-            return exc
+            return self.failed(exc)
         if learned_at is None:
-            self._counters.l2_stale += 1
-            self._counters.l2_misses += 1
-            return blob
-        if entry.expires_at <= self._wall():
-            self._counters.l2_misses += 1
-            if self._settings.stale_ttl > 0:
-                return L2Stale(entry, blob)
-            return blob
-        self._counters.l2_hits += 1
-        return L2Hit(entry, learned_at, blob)
+            counters.l2_stale += 1
+            counters.l2_misses += 1
+            return Unusable(blob)
+        if entry.expires_at <= wall:
+            counters.l2_misses += 1
+            return Stale(entry, blob) if self._stale_ttl > 0 else Unusable(blob)
+        counters.l2_hits += 1
+        return Hit(entry, learned_at, blob)
 
-    def _current(self, entry: Entry) -> float | None:
-        assert self._coherence is not None
-        return self._coherence.validate(entry)
-
-    def _fallback_from(self, found: L2Stale | Lease) -> Fallback | None:
+    def fallback(self, found: Stale | Leased) -> Fallback | None:
         """The stale value an expired entry, or a lease placeholder, offers; None if none."""
-        if isinstance(found, Lease):
-            if not found.stale:
+        if isinstance(found, Leased):
+            stale = found.lease.stale
+            if not stale:
                 return None
             try:
-                entry = self._codec.decode(found.stale)
-                if not isinstance(entry, Entry) or self._current(entry) is None:
+                entry = self._codec.decode(stale)
+                if not isinstance(entry, Entry) or self._coherence.validate(entry) is None:
                     return None
             except (CorruptEntryError, L2Error):
                 return None
         else:
             entry = found.entry
-        remaining = entry.expires_at + self._settings.stale_ttl - self._wall()
+        remaining = entry.expires_at + self._stale_ttl - self._wall()
         if remaining <= 0:
             return None
         return Fallback(entry.value, [tag for tag, _ in entry.tags], remaining)
 
-    def _l1_ttl_for(self, hit: L2Hit, wall: float) -> float:
-        # L1 may keep the value neither past its logical expiry nor more than l1_ttl past
-        # the moment the versions it was checked against were learned.
-        return min(
-            self._settings.l1_ttl,
-            hit.entry.expires_at - wall,
-            hit.learned_at + self._settings.l1_ttl - self._clock(),
-        )
-
-    def _fill_from_l2(self, key: str, hit: L2Hit, ticket: Ticket) -> None:
-        wall = self._wall()
-        l1_ttl = self._l1_ttl_for(hit, wall)
-        if l1_ttl > 0:
-            entry = hit.entry
-            stale_for = entry.expires_at + self._settings.stale_ttl - wall
-            tags = [tag for tag, _ in entry.tags] if entry.tags else ()
-            self._l1.fill(key, entry.value, l1_ttl, ticket, tags, stale_for)
+    def failed(self, exc: L2Error) -> Failed:
+        """Count and log a failed read (an open breaker counts itself, as ``l2_skipped``)."""
+        if not isinstance(exc, CircuitOpenError):
+            self._counters.l2_errors += 1
+            self._l2_log.warning("read", "tiercache: L2 read failed, degrading to L1: %s", exc)
+        return Failed(exc)
 
     def _corrupt(self, key: str, exc: CorruptEntryError) -> None:
         self._counters.l2_corrupt += 1
@@ -169,7 +236,7 @@ class ReadL2:
             log.warning(
                 "tiercache: undecodable L2 entry in namespace %r (key digest %s), "
                 "treated as a miss: %s",
-                self._settings.namespace,
+                self._namespace,
                 digest,
                 exc,
             )

@@ -1,137 +1,75 @@
 """The write path: L2 first, then the bus, then L1; and the replay of writes Redis refused.
 
-A mixin of `TierCache` (``cache.py`` keeps the public methods, which validate their
-arguments and open the span, then land here). A write that Redis refuses is remembered in
-``pending.py`` and redone before Redis is read or written again, so the writer never reads
-back the value it replaced or deleted (guarantee 1).
+A write that Redis refuses is remembered (``pending.py``) and redone before Redis is read or
+written again, so the writer never reads back the value it replaced or deleted (guarantee 1):
+`Invalidations.usable` is what every L2 read asks first. A failed ``set`` is replayed as a
+delete: the new value was not stored, but the old one must not come back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from .coherence import Coherence
 from .entry import EntryCodec
 from .errors import CircuitOpenError, L2Error
-from .keys import check_tags
 from .l1 import LocalTier
-from .l2 import RedisTier
-from .options import Duration, Settings, check_optional_ttl
+from .lifecycle import Lifecycle
+from .lifetimes import Lifetimes
 from .pending import PendingWrites
 from .stats import Counters, RateLimitedLog
 from .versions import NAMESPACE
 
-__all__ = ["WritePath"]
+__all__ = ["Invalidations", "Writes"]
 
 
-class WritePath:
-    """The write path of `TierCache` (a mixin; see the module docstring)."""
+class Invalidations:
+    """The L2 half of ``delete``, ``invalidate_tags`` and ``clear`` (write + publish), the
+    failed ones waiting for replay, and whether L2 may be read meanwhile.
 
-    _settings: Settings
-    _codec: EntryCodec
-    _l1: LocalTier
-    _l2: RedisTier | None
-    _coherence: Coherence | None
-    _counters: Counters
-    _pending: PendingWrites
-    _l2_log: RateLimitedLog
-    _prefix: str
-    _wall: Callable[[], float]
-    _clock: Callable[[], float]
+    Since: 0.2.0
+    """
 
-    if TYPE_CHECKING:
+    __slots__ = ("_coherence", "_l2_log", "_rkey", "pending")
 
-        def _check_open(self) -> None: ...
-        def _start_listener(self) -> None: ...
-        def _jittered(self, ttl_s: float) -> float: ...
-
-    def _set_many(
-        self, keys: list[str], mapping: Mapping[str, Any], ttl: Duration | None, tags: Any
+    def __init__(
+        self,
+        coherence: Coherence,
+        pending: PendingWrites,
+        l2_log: RateLimitedLog,
+        rkey: Any,
     ) -> None:
-        ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
-        tag_list = check_tags(tags)
-        self._check_open()
-        # Encoding validates every value before any I/O, in L1-only mode too, so a value
-        # accepted in development is not refused in production.
-        prepared = [self._codec.prepare(mapping[key]) for key in keys]
-        self._counters.sets += len(keys)
-        stale_ttl = self._settings.stale_ttl
-        if self._l2 is None or self._coherence is None:
-            for key in keys:
-                self._l1.fill(key, mapping[key], ttl_s, tags=tag_list, stale_for=ttl_s + stale_ttl)
-            return
-        self._start_listener()
-        l1_ttl = min(self._settings.l1_ttl, ttl_s)
-        if self._settings.refresh_ahead is not None:
-            l1_ttl = min(l1_ttl, ttl_s * self._settings.refresh_ahead)
-        try:
-            self._replay_pending()
-            stamp = self._coherence.stamp(tag_list)
-            now = self._wall()
-            rows = []
-            for key, ready in zip(keys, prepared, strict=True):
-                life = self._jittered(ttl_s)
-                blob = self._codec.frame(ready, now + life, stamp.ns_version, stamp.tags)
-                # Redis keeps the entry through its fail-safe window too.
-                rows.append((self._prefix + key, blob, int((life + stale_ttl) * 1000)))
-            self._l2.set_many(rows)
-            self._coherence.publish_keys(keys)
-            l1_ttl = min(l1_ttl, stamp.learned_at + self._settings.l1_ttl - self._clock())
-        except L2Error as exc:
-            # Redis may hold the old value, or the new one unannounced: delete it there
-            # before trusting Redis again (pending.py).
-            self._pending.add_keys(keys)
-            if self._settings.raise_on_write_error:
-                self._l1.invalidate(keys)
-            self._write_failed(exc)
-            # Keep our value for the full ttl: this instance keeps reading its own write.
-            l1_ttl = ttl_s
-        for key in keys:
-            self._l1.fill(key, mapping[key], l1_ttl, tags=tag_list, stale_for=ttl_s + stale_ttl)
+        self._coherence = coherence
+        self.pending = pending
+        self._l2_log = l2_log
+        self._rkey = rkey
 
-    def _delete_many(self, keys: list[str]) -> None:
-        self._check_open()
-        self._counters.deletes += len(keys)
-        try:
-            if self._coherence is not None:
-                self._start_listener()
-                self._replay_pending()
-                self._l2_delete(keys)
-        except L2Error as exc:
-            self._pending.add_keys(keys)
-            self._write_failed(exc)
-        finally:
-            self._l1.invalidate(keys)
-
-    # -- L2 invalidation, shared by the writes and the replay of failed ones ---------------
-
-    def _l2_delete(self, keys: list[str]) -> None:
-        assert self._l2 is not None
-        assert self._coherence is not None
-        self._l2.delete([self._prefix + key for key in keys])
+    def delete(self, keys: list[str]) -> None:
+        """UNLINK the keys and tell the other instances (raises L2Error)."""
+        self._coherence.l2.delete([self._rkey(key) for key in keys])
         self._coherence.publish_keys(keys)
 
-    def _l2_invalidate_tags(self, tags: list[str]) -> None:
-        assert self._coherence is not None
+    def invalidate_tags(self, tags: list[str]) -> None:
+        """Move the tags' versions on and tell the other instances (raises L2Error)."""
         self._coherence.publish_tags(self._coherence.versions.bump(tags))
 
-    def _l2_clear(self) -> None:
-        assert self._coherence is not None
+    def clear(self) -> None:
+        """Move the namespace version on and tell the other instances (raises L2Error)."""
         versions = self._coherence.versions.bump([NAMESPACE])
         self._coherence.publish_clear(versions[NAMESPACE])
 
-    def _replay_pending(self) -> None:
+    def replay(self) -> None:
         """Redo invalidations that failed earlier; raises L2Error if Redis still fails."""
-        if self._pending.any:
-            self._pending.replay(self._l2_clear, self._l2_invalidate_tags, self._l2_delete)
+        if self.pending.any:
+            self.pending.replay(self.clear, self.invalidate_tags, self.delete)
 
-    def _l2_usable(self) -> bool:
+    def usable(self) -> bool:
         """Whether L2 may be read: no failed invalidation is left to replay."""
-        if not self._pending.any:
+        if not self.pending.any:
             return True
         try:
-            self._replay_pending()
+            self.replay()
         except L2Error as exc:
             # Not counted again: the write was counted when it first failed.
             if not isinstance(exc, CircuitOpenError):
@@ -144,9 +82,142 @@ class WritePath:
             return False
         return True
 
-    def _write_failed(self, exc: L2Error) -> None:
+
+class Writes:
+    """``set``, ``delete``, ``invalidate_tags`` and ``clear`` of one cache, arguments
+    already checked.
+
+    Since: 0.2.0
+    """
+
+    __slots__ = (
+        "_codec",
+        "_coherence",
+        "_counters",
+        "_invalidations",
+        "_l1",
+        "_l2_log",
+        "_lifecycle",
+        "_lifetimes",
+        "_raise",
+        "_rkey",
+    )
+
+    def __init__(
+        self,
+        *,
+        codec: EntryCodec,
+        l1: LocalTier,
+        coherence: Coherence | None,
+        invalidations: Invalidations | None,
+        counters: Counters,
+        l2_log: RateLimitedLog,
+        lifetimes: Lifetimes,
+        lifecycle: Lifecycle,
+        rkey: Any,
+        raise_on_write_error: bool,
+    ) -> None:
+        self._codec = codec
+        self._l1 = l1
+        self._coherence = coherence
+        self._invalidations = invalidations
+        self._counters = counters
+        self._l2_log = l2_log
+        self._lifetimes = lifetimes
+        self._lifecycle = lifecycle
+        self._rkey = rkey
+        self._raise = raise_on_write_error
+
+    def set_many(
+        self, keys: list[str], mapping: Mapping[str, Any], ttl: float, tags: list[str]
+    ) -> None:
+        """Store every item in L2 (one pipeline), tell the others (one message), fill L1."""
+        # Encoding validates every value before any I/O, in L1-only mode too, so a value
+        # accepted in development is not refused in production.
+        prepared = [self._codec.prepare(mapping[key]) for key in keys]
+        self._counters.sets += len(keys)
+        lifetimes = self._lifetimes
+        stale_for = lifetimes.write(ttl).stale_for
+        coherence, invalidations = self._coherence, self._invalidations
+        if coherence is None or invalidations is None:
+            for key in keys:
+                self._l1.fill(key, mapping[key], ttl, tags=tags, stale_for=stale_for)
+            return
+        self._lifecycle.ready()
+        learned_at: float | None = None
+        try:
+            invalidations.replay()
+            stamp = coherence.stamp(tags)
+            rows = []
+            for key, ready in zip(keys, prepared, strict=True):
+                life = lifetimes.write(ttl)
+                blob = self._codec.frame(ready, life.expires_at, stamp.ns_version, stamp.tags)
+                # Redis keeps the entry through its fail-safe window too.
+                rows.append((self._rkey(key), blob, life.px_ms))
+            coherence.l2.set_many(rows)
+            coherence.publish_keys(keys)
+            learned_at = stamp.learned_at
+        except L2Error as exc:
+            # Redis may hold the old value, or the new one unannounced: delete it there
+            # before trusting Redis again.
+            invalidations.pending.add_keys(keys)
+            if self._raise:
+                self._l1.invalidate(keys)
+            self._failed(exc)
+        l1_ttl = lifetimes.after_write(ttl, learned_at)
+        for key in keys:
+            self._l1.fill(key, mapping[key], l1_ttl, tags=tags, stale_for=stale_for)
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove the keys from L2, every other instance's L1 and ours."""
+        self._counters.deletes += len(keys)
+        try:
+            if self._invalidations is not None:
+                self._lifecycle.ready()
+                self._invalidations.replay()
+                self._invalidations.delete(keys)
+        except L2Error as exc:
+            if self._invalidations is not None:
+                self._invalidations.pending.add_keys(keys)
+            self._failed(exc)
+        finally:
+            self._l1.invalidate(keys)
+
+    def invalidate_tags(self, tags: list[str]) -> None:
+        """Invalidate every entry set with any of ``tags``, in every instance."""
+        if not tags:
+            return  # nothing to invalidate: no message, no epoch that detaches loads
+        self._counters.tag_invalidations += len(tags)
+        try:
+            if self._invalidations is not None:
+                self._lifecycle.ready()
+                self._invalidations.replay()
+                self._invalidations.invalidate_tags(tags)
+        except L2Error as exc:
+            if self._invalidations is not None:
+                self._invalidations.pending.add_tags(tags)
+            self._failed(exc)
+        finally:
+            self._l1.invalidate_tags(tags)
+
+    def clear(self) -> None:
+        """Empty the namespace in every instance."""
+        self._counters.clears += 1
+        try:
+            if self._invalidations is not None:
+                self._lifecycle.ready()
+                self._invalidations.replay()
+                self._invalidations.clear()
+        except L2Error as exc:
+            if self._invalidations is not None:
+                self._invalidations.pending.add_clear()
+            self._failed(exc)
+        finally:
+            self._l1.flush()
+
+    def _failed(self, exc: L2Error) -> None:
         self._counters.l2_write_errors += 1
-        if self._settings.raise_on_write_error:
+        if self._raise:
             raise exc
         if isinstance(exc, CircuitOpenError):
             return

@@ -1,0 +1,163 @@
+"""Building one cache's parts from its settings, each given its collaborators explicitly.
+
+The dependency order is the reading order of the package: telemetry first (every part that
+reports is given it), then the tiers (L1, L2 behind its breaker), coherence (versions, bus,
+leases), then the read/load/write parts that use them. `TierCache` keeps the result and
+delegates to it; nothing here calls back into the cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .background import Background
+from .codec import Serializer
+from .coherence import Coherence
+from .entry import EntryCodec
+from .flight import SingleFlight
+from .l1 import LocalTier
+from .l2 import RedisTier, server_of
+from .lifecycle import Lifecycle
+from .lifetimes import Lifetimes
+from .loading import Loads
+from .options import Breaker, Settings
+from .pending import PendingWrites
+from .reading import L2Reader
+from .resilience import CircuitBreaker
+from .stats import Counters, RateLimitedLog
+from .telemetry import Telemetry
+from .writing import Invalidations, Writes
+
+__all__ = ["Parts", "assemble"]
+
+
+@dataclass(slots=True)
+class Parts:
+    """Everything one `TierCache` is made of."""
+
+    clock: Callable[[], float]
+    codec: EntryCodec
+    flight: SingleFlight
+    l1: LocalTier
+    telemetry: Telemetry
+    counters: Counters
+    breaker: CircuitBreaker | None
+    l2: RedisTier | None
+    coherence: Coherence | None
+    pending: PendingWrites
+    background: Background
+    lifecycle: Lifecycle
+    loads: Loads
+    writes: Writes
+    l2_log: RateLimitedLog
+
+
+def assemble(client: Any, settings: Settings, serializer: Serializer | None, label: str) -> Parts:
+    """The parts of a cache on ``client`` (None: L1 only) with ``settings``."""
+    timer = settings.timer
+    clock: Callable[[], float] = timer or time.monotonic
+    wall: Callable[[], float] = timer or time.time
+    codec = EntryCodec(
+        serializer,
+        compress_threshold=settings.compress_threshold,
+        max_value_bytes=settings.max_value_bytes,
+    )
+    flight = SingleFlight()
+    # An invalidation also detaches the key's load in flight: a get_or_set that starts
+    # after it must not join a load that started before it.
+    l1 = LocalTier(settings.l1_maxsize, clock, flight.detach)
+    telemetry = Telemetry(
+        settings.namespace,
+        enabled=settings.telemetry,
+        record_keys=settings.record_keys,  # type: ignore[arg-type]
+        trace_l1_hits=settings.trace_l1_hits,
+        server=None if client is None else server_of(client),
+    )
+    counters = Counters()
+    l2_log = RateLimitedLog()
+    breaker = l2 = coherence = None
+    if client is not None:
+        # Without a breaker (breaker=None), an unreachable Redis costs every call a timeout.
+        limits = settings.breaker or Breaker(failures=2**31, reset_after=1.0)
+        breaker = CircuitBreaker(limits.failures, limits.reset_after, clock)
+        l2 = RedisTier(client, breaker, telemetry)
+        coherence = Coherence(l1, l2, settings.namespace, settings.l1_ttl, counters, clock)
+    pending = PendingWrites()
+    background = Background(settings.background_workers, "tiercache-load")
+    lifecycle = Lifecycle(label, None if coherence is None else coherence.bus)
+    lifetimes = Lifetimes(settings, clock, wall, two_tier=l2 is not None)
+    rkey = (settings.namespace + ":").__add__  # the Redis key of a cache key
+    reader = invalidations = None
+    if l2 is not None and coherence is not None:
+        reader = L2Reader(
+            l2,
+            codec,
+            coherence,
+            counters,
+            l2_log,
+            namespace=settings.namespace,
+            stale_ttl=settings.stale_ttl,
+            wall=wall,
+            rkey=rkey,
+        )
+        invalidations = Invalidations(coherence, pending, l2_log, rkey)
+    loads = Loads(
+        settings=settings,
+        l1=l1,
+        reader=reader,
+        coherence=coherence,
+        invalidations=invalidations,
+        flight=flight,
+        background=background,
+        codec=codec,
+        counters=counters,
+        telemetry=telemetry,
+        lifetimes=lifetimes,
+        lifecycle=lifecycle,
+        l2_log=l2_log,
+    )
+    writes = Writes(
+        codec=codec,
+        l1=l1,
+        coherence=coherence,
+        invalidations=invalidations,
+        counters=counters,
+        l2_log=l2_log,
+        lifetimes=lifetimes,
+        lifecycle=lifecycle,
+        rkey=rkey,
+        raise_on_write_error=settings.raise_on_write_error,
+    )
+    # In a forked child: single-flight first (resetting L1 detaches its loads, under
+    # single-flight's lock), then L1, the pools and locks, and the bus's identity.
+    lifecycle.on_fork(flight.reset_after_fork)
+    lifecycle.on_fork(l1.reset_after_fork)
+    lifecycle.on_fork(background.reset_after_fork)
+    lifecycle.on_fork(pending.reset_after_fork)
+    lifecycle.on_fork(l2_log.reset_after_fork)
+    if loads.refresher is not None:
+        lifecycle.on_fork(loads.refresher.reset_after_fork)
+    if breaker is not None:
+        lifecycle.on_fork(breaker.reset)
+    if coherence is not None:
+        lifecycle.on_fork(coherence.after_fork)
+    return Parts(
+        clock=clock,
+        codec=codec,
+        flight=flight,
+        l1=l1,
+        telemetry=telemetry,
+        counters=counters,
+        breaker=breaker,
+        l2=l2,
+        coherence=coherence,
+        pending=pending,
+        background=background,
+        lifecycle=lifecycle,
+        loads=loads,
+        writes=writes,
+        l2_log=l2_log,
+    )
