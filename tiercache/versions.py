@@ -14,7 +14,8 @@ Versions are integers from 0 to ``MAX_VERSION`` (2**53 - 1), the integers a Lua 
 double) holds exactly. A counter holding anything else (a stray ``INCRBY``, a hand-written
 ``SET``) is logged and treated as missing, like a counter that was evicted: reads and writes
 go on under the versions this process knows, and the next bump rewrites it with a valid
-value past them.
+value past them. A counter at ``MAX_VERSION`` cannot be bumped: the bump fails (an `L2Error`
+naming the counter) rather than go backwards, which would revive cleared entries.
 """
 
 from __future__ import annotations
@@ -33,17 +34,24 @@ __all__ = ["NAMESPACE", "Versions"]
 NAMESPACE = ""
 
 # max(Redis value, the caller's known version ARGV[1]) + 1, stored and returned. A value that
-# is not a plain integer below ARGV[2] (MAX_VERSION) counts as missing and is overwritten.
-# Lua numbers are doubles and Redis formats them with 14 significant digits, so the script
-# only compares numbers: the new value is ARGV[1] written as given, or Redis's own INCR.
+# is not a plain integer up to ARGV[2] (MAX_VERSION) counts as missing and is overwritten;
+# at MAX_VERSION nothing is newer, so the bump fails rather than go backwards. Lua numbers
+# are doubles and Redis formats them with 14 significant digits, so the script only
+# compares numbers: the new value is ARGV[1] written as given, or Redis's own INCR.
 _BUMP = """
 local raw = redis.call('GET', KEYS[1])
+local max = tonumber(ARGV[2])
 local current = -1
 if raw and string.find(raw, '^%d+$') then
   local n = tonumber(raw)
-  if n and n < tonumber(ARGV[2]) then current = n end
+  if n and n <= max then current = n end
 end
-if tonumber(ARGV[1]) > current then
+local known = tonumber(ARGV[1])
+if known >= max or current >= max then
+  return redis.error_reply('tiercache: version counter ' .. KEYS[1] .. ' is exhausted at ' ..
+    ARGV[2] .. '; delete it and restart the instances of this namespace')
+end
+if known > current then
   redis.call('SET', KEYS[1], ARGV[1])
 end
 return redis.call('INCR', KEYS[1])
@@ -152,9 +160,6 @@ class Versions:
         for name in dict.fromkeys(names):
             with self._lock:
                 known = self._known.get(name, (0, 0.0))[0]
-            if known >= MAX_VERSION:
-                # 2**53 - 1 bumps, or a forged value: nothing is past it, so start again.
-                known = 0
             key = self.redis_key(name)
             raw = self._l2.run(self._bump, "version bump", key, known, MAX_VERSION)
             version = int(raw)

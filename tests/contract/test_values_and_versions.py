@@ -16,6 +16,7 @@ from tests.support import MISSING, CacheFactory, FakeClock, subscribed, wait_unt
 from tiercache import SerializationError, TierCache
 from tiercache.codec import MAX_EXT_DEPTH
 from tiercache.entry import HEADER_SIZE, MAX_VERSION
+from tiercache.errors import L2Error
 from tiercache.messages import OP_CLEAR, OP_TAGS, channel_name, encode_message
 
 
@@ -95,7 +96,7 @@ def test_a_namespace_counter_past_32_bits_still_validates_entries(
 
 
 @pytest.mark.parametrize(
-    "poison", [str(2**60), str(2**64 + 5), "-3", "not a number", str(MAX_VERSION + 1)]
+    "poison", [str(2**60), str(2**64 + 5), "-3", "1.5", "not a number", str(MAX_VERSION + 1)]
 )
 def test_a_counter_outside_the_version_range_is_logged_and_repaired_by_the_next_clear(
     make_cache,
@@ -122,6 +123,20 @@ def test_a_counter_outside_the_version_range_is_logged_and_repaired_by_the_next_
     assert wait_until(lambda: reader.get("k", default=MISSING) is MISSING)
     writer.set("k", "v2")
     assert make_cache().get("k") == "v2"
+
+
+def test_a_counter_at_the_last_version_makes_clear_fail_loudly_never_go_backwards(
+    make_cache, redis_client: redis.Redis, namespace: str
+) -> None:
+    """At 2**53 - 1 no newer version exists: clear() raises an error naming the counter
+    (with raise_on_write_error) instead of silently bumping to a version older than the
+    entries, and the counter is left as it was."""
+    redis_client.set(f"{namespace}#ver", MAX_VERSION)
+    cache = make_cache(raise_on_write_error=True)
+    cache.set("k", "v")
+    with pytest.raises(L2Error, match=f"{namespace}#ver is exhausted"):
+        cache.clear()
+    assert int(redis_client.get(f"{namespace}#ver")) == MAX_VERSION
 
 
 def test_a_tag_counter_outside_the_range_is_repaired_by_the_next_invalidate_tags(
