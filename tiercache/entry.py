@@ -16,7 +16,7 @@ of each tag when the value was computed; ``invalidate_tags`` bumps tag versions.
 
 Versions are integers from 0 to `MAX_VERSION` (2**53 - 1): the counters are bumped by a
 Lua script, and Lua numbers are doubles, exact only below 2**53. An entry carrying a version
-outside that range is corrupt (a miss). Format version 1 (before 0.2) had a u32
+outside that range is corrupt (a miss). Format version 1 (earlier builds) had a u32
 ``ns_version`` (14-byte header); its entries are unknown versions, so misses.
 
 A lease placeholder (flag bit 3) marks "a process is loading this key" (see ``lease.py``):
