@@ -1,6 +1,6 @@
 """The L2 entry format: a fixed header, optional tag versions, then the serialized value.
 
-Header, network byte order (``struct`` format ``!BBQI``, 14 bytes)::
+Header, network byte order (``struct`` format ``!BBQQ``, 18 bytes)::
 
     version     u8   FORMAT_VERSION; an unknown version is a miss, never a crash
     flags       u8   bit 0: payload is zstd-compressed; bit 1: custom serializer;
@@ -8,11 +8,16 @@ Header, network byte order (``struct`` format ``!BBQI``, 14 bytes)::
                      any other bit set: written by a newer tiercache -> a miss
     expires     u64  logical expiry, milliseconds since the Unix epoch (wall clock, because
                      every process reads it); the Redis TTL may be longer (fail-safe window)
-    ns_version  u32  the namespace version when the value was computed; ``clear()`` bumps
+    ns_version  u64  the namespace version when the value was computed; ``clear()`` bumps
                      the namespace version, so older entries read as misses everywhere
 
 Tag block (flag bit 2): ``u32`` length, then msgpack ``[[tag, version], ...]``: the version
 of each tag when the value was computed; ``invalidate_tags`` bumps tag versions.
+
+Versions are integers from 0 to `MAX_VERSION` (2**53 - 1): the counters are bumped by a
+Lua script, and Lua numbers are doubles, exact only below 2**53. An entry carrying a version
+outside that range is corrupt (a miss). Format version 1 (earlier builds) had a u32
+``ns_version`` (14-byte header); its entries are unknown versions, so misses.
 
 A lease placeholder (flag bit 3) marks "a process is loading this key" (see ``lease.py``):
 after the header come a 16-byte token and, when the key held an expired entry still inside
@@ -37,6 +42,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "LEASE_TOKEN_SIZE",
+    "MAX_VERSION",
     "Entry",
     "EntryCodec",
     "Lease",
@@ -45,8 +51,8 @@ __all__ = [
     "lease_placeholder",
 ]
 
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("!BBQI")
+FORMAT_VERSION = 2
+_HEADER = struct.Struct("!BBQQ")
 _TAG_LEN = struct.Struct("!I")
 HEADER_SIZE = _HEADER.size
 LEASE_TOKEN_SIZE = 16
@@ -55,7 +61,8 @@ _FLAG_CUSTOM = 0x02
 _FLAG_TAGS = 0x04
 _FLAG_LEASE = 0x08
 _KNOWN_FLAGS = _FLAG_ZSTD | _FLAG_CUSTOM | _FLAG_TAGS | _FLAG_LEASE
-_MAX_U32 = 0xFFFFFFFF
+#: The largest namespace or tag version: Lua (the version bump) is exact only below 2**53.
+MAX_VERSION = 2**53 - 1
 
 #: ``((tag, version), ...)`` as carried in an entry.
 TagVersions = tuple[tuple[str, int], ...]
@@ -176,13 +183,17 @@ class EntryCodec:
     ) -> bytes:
         """The bytes stored in Redis: header, tag block, prepared payload."""
         flags, payload = prepared
+        if not 0 <= ns_version <= MAX_VERSION or any(
+            not 0 <= version <= MAX_VERSION for _, version in tags
+        ):
+            raise ValueError(f"versions must be integers from 0 to {MAX_VERSION}")
         tag_block = b""
         if tags:
             flags |= _FLAG_TAGS
             packed = msgpack.packb([list(pair) for pair in tags], use_bin_type=True)
             tag_block = _TAG_LEN.pack(len(packed)) + packed
         expires_ms = max(0, int(expires_at * 1000))
-        header = _HEADER.pack(FORMAT_VERSION, flags, expires_ms, ns_version & _MAX_U32)
+        header = _HEADER.pack(FORMAT_VERSION, flags, expires_ms, ns_version)
         return header + tag_block + payload
 
     def encode(
@@ -213,6 +224,8 @@ class EntryCodec:
             return Lease(token, data[HEADER_SIZE + LEASE_TOKEN_SIZE :])
         if (flags & _FLAG_CUSTOM) != self._flags:
             raise CorruptEntryError("entry was written with a different serializer")
+        if ns_version > MAX_VERSION:
+            raise CorruptEntryError(f"namespace version {ns_version} is over {MAX_VERSION}")
         offset = HEADER_SIZE
         tags: TagVersions = ()
         if flags & _FLAG_TAGS:
@@ -247,6 +260,8 @@ class EntryCodec:
             tags = tuple((str(tag), int(ver)) for tag, ver in pairs)
             if not all(type(tag) is str for tag, _ in pairs):
                 raise ValueError("tag names must be str")
+            if not all(type(ver) is int and 0 <= ver <= MAX_VERSION for _, ver in pairs):
+                raise ValueError(f"tag versions must be integers from 0 to {MAX_VERSION}")
         except DECODE_ERRORS as exc:
             raise CorruptEntryError(f"bad tag block: {exc}") from exc
         return tags, end

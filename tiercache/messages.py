@@ -10,6 +10,9 @@
                        OP_TAGS: data = {tag: version}       drop L1 entries with those tags
                        OP_PROBE: data = 16 random bytes     the start-up self-check
 
+Versions are integers from 0 to ``MAX_VERSION`` (2**53 - 1, see ``entry.py``); a message
+carrying any other is undecodable: learning it would make every entry look stale.
+
 Receivers ignore messages whose ``MESSAGE_VERSION`` they do not know (counted as
 undecodable), so a newer publisher never crashes an older listener.
 """
@@ -21,6 +24,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from .codec import DECODE_ERRORS
+from .entry import MAX_VERSION
 
 __all__ = [
     "MESSAGE_VERSION",
@@ -105,10 +109,14 @@ def decode_message(raw: object) -> Message:
         raise MessageError("bad origin, seq or op: seq must be an int >= 1, op a known int")
     if op == OP_KEYS and not (isinstance(data, list) and all(type(k) is str for k in data)):
         raise MessageError("OP_KEYS data must be a list of str")
-    if op == OP_CLEAR and type(data) is not int:
-        raise MessageError("OP_CLEAR data must be an int")
+    if op == OP_CLEAR and not _is_version(data):
+        raise MessageError(f"OP_CLEAR data must be an int from 0 to {MAX_VERSION}")
     if op == OP_TAGS and not (
-        isinstance(data, dict) and all(type(k) is str and type(v) is int for k, v in data.items())
+        isinstance(data, dict) and all(type(k) is str and _is_version(v) for k, v in data.items())
     ):
-        raise MessageError("OP_TAGS data must map str to int")
+        raise MessageError(f"OP_TAGS data must map str to an int from 0 to {MAX_VERSION}")
     return Message(origin, seq, op, data)
+
+
+def _is_version(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_VERSION

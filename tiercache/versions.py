@@ -9,6 +9,13 @@ version is a miss, in every process, whatever the bus delivered. ``clear()`` and
 
 Each process keeps a local view, learned from the bus and refetched when older than half of
 ``l1_ttl``, so a process that missed a message stops trusting the old view within ``l1_ttl``.
+
+Versions are integers from 0 to ``MAX_VERSION`` (2**53 - 1), the integers a Lua number (a
+double) holds exactly. A counter holding anything else (a stray ``INCRBY``, a hand-written
+``SET``) is logged and treated as missing, like a counter that was evicted: reads and writes
+go on under the versions this process knows, and the next bump rewrites it with a valid
+value past them. A counter at ``MAX_VERSION`` cannot be bumped: the bump fails (an `L2Error`
+naming the counter) rather than go backwards, which would revive cleared entries.
 """
 
 from __future__ import annotations
@@ -16,21 +23,38 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
+from .entry import MAX_VERSION
+from .errors import L2Error
 from .l2 import RedisTier
+from .stats import RateLimitedLog
 
 __all__ = ["NAMESPACE", "Versions"]
 
 #: The name under which the namespace version is kept in a `Versions` view.
 NAMESPACE = ""
 
-# max(Redis value, the caller's known version) + 1, stored and returned.
+# max(Redis value, the caller's known version ARGV[1]) + 1, stored and returned. A value that
+# is not a plain integer up to ARGV[2] (MAX_VERSION) counts as missing and is overwritten;
+# at MAX_VERSION nothing is newer, so the bump fails rather than go backwards. Lua numbers
+# are doubles and Redis formats them with 14 significant digits, so the script only
+# compares numbers: the new value is ARGV[1] written as given, or Redis's own INCR.
 _BUMP = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-local known = tonumber(ARGV[1]) or 0
-if known > current then current = known end
-current = current + 1
-redis.call('SET', KEYS[1], current)
-return current
+local raw = redis.call('GET', KEYS[1])
+local max = tonumber(ARGV[2])
+local current = -1
+if raw and string.find(raw, '^%d+$') then
+  local n = tonumber(raw)
+  if n and n <= max then current = n end
+end
+local known = tonumber(ARGV[1])
+if known >= max or current >= max then
+  return redis.error_reply('tiercache: version counter ' .. KEYS[1] .. ' is exhausted at ' ..
+    ARGV[2] .. '; delete it and restart the instances of this namespace')
+end
+if known > current then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('INCR', KEYS[1])
 """
 
 
@@ -40,7 +64,16 @@ class Versions:
     Since: 0.1.0
     """
 
-    __slots__ = ("_bump", "_clock", "_known", "_l2", "_lock", "_namespace", "_refresh_after")
+    __slots__ = (
+        "_bump",
+        "_clock",
+        "_known",
+        "_l2",
+        "_lock",
+        "_log",
+        "_namespace",
+        "_refresh_after",
+    )
 
     def __init__(
         self,
@@ -57,6 +90,7 @@ class Versions:
         self._lock = threading.Lock()
         self._known: dict[str, tuple[int, float]] = {}
         self._bump: object = l2.script(_BUMP)
+        self._log = RateLimitedLog()
 
     def redis_key(self, name: str) -> str:
         """The Redis key of a counter (``NAMESPACE`` or a tag)."""
@@ -83,7 +117,9 @@ class Versions:
                     oldest = min(oldest, known[1])
         if stale:
             raw = self._l2.get_many([self.redis_key(name) for name in stale])
-            fetched = {name: _as_int(value) for name, value in zip(stale, raw, strict=True)}
+            fetched = {
+                name: self._parse(name, value) for name, value in zip(stale, raw, strict=True)
+            }
             with self._lock:
                 for name, version in fetched.items():
                     known = self._known.get(name)
@@ -124,26 +160,43 @@ class Versions:
         for name in dict.fromkeys(names):
             with self._lock:
                 known = self._known.get(name, (0, 0.0))[0]
-            raw = self._l2.run(self._bump, "version bump", self.redis_key(name), known)
-            versions[name] = int(raw)
-            self.observe(name, versions[name])
+            key = self.redis_key(name)
+            raw = self._l2.run(self._bump, "version bump", key, known, MAX_VERSION)
+            version = int(raw)
+            if not 0 < version <= MAX_VERSION:
+                # Only a script other than ours could return this: do not learn it.
+                raise L2Error(f"version bump of {key!r} returned {version}")
+            versions[name] = version
+            self.observe(name, version)
         return versions
 
     def reset_after_fork(self) -> None:
         """An empty view and a fresh lock (a parent thread may have held it at fork time)."""
         self._lock = threading.Lock()
         self._known = {}
+        self._log.reset_after_fork()
 
     def forget(self) -> None:
         """Drop the local view (after a lost subscription)."""
         with self._lock:
             self._known.clear()
 
-
-def _as_int(raw: bytes | None) -> int:
-    if raw is None:
-        return 0
-    try:
-        return int(raw)
-    except ValueError:
+    def _parse(self, name: str, raw: bytes | None) -> int:
+        """A counter's value; 0 (missing) for anything but an integer in range, logged."""
+        if raw is None:
+            return 0
+        try:
+            version = int(raw)
+        except ValueError:
+            version = -1
+        if 0 <= version <= MAX_VERSION:
+            return version
+        self._log.warning(
+            f"version:{name}",
+            "tiercache: the version counter %r holds %r, not an integer from 0 to %d; it is "
+            "treated as missing until the next clear() or invalidate_tags() rewrites it",
+            self.redis_key(name),
+            raw[:40],
+            MAX_VERSION,
+        )
         return 0

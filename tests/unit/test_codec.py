@@ -19,8 +19,15 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support import run_python
 from tiercache import MsgpackSerializer, SerializationError, Serializer
-from tiercache.codec import ZstdCompressor
+from tiercache.codec import (
+    DECODE_ERRORS,
+    MAX_BIGINT_BYTES,
+    MAX_DEPTH,
+    MAX_EXT_DEPTH,
+    ZstdCompressor,
+)
 from tiercache.errors import CorruptEntryError
 
 MIB = 1 << 20
@@ -137,6 +144,217 @@ def test_native_subclasses_are_stored_as_their_base_type(serializer: MsgpackSeri
     assert [type(v) for v in back] == [str, int, dict]
 
 
+class Color(str, enum.Enum):
+    """The pre-StrEnum idiom: str(Color.RED) is "Color.RED", its value is "red"."""
+
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Perm(enum.IntFlag):
+    R = 4
+    W = 2
+
+
+class Ratio(float, enum.Enum):
+    HALF = 0.5
+
+
+class Shouty(str):
+    def __str__(self) -> str:
+        return "SHOUTED"
+
+
+class Lying(int):
+    def __int__(self) -> int:
+        return 99
+
+    def __index__(self) -> int:
+        return 98
+
+
+class Floaty(float):
+    def __float__(self) -> float:
+        return 9.0
+
+
+class Blob(bytes):
+    def __bytes__(self) -> bytes:
+        return b"other"
+
+
+SUBCLASS_CASES = {
+    "str-enum": (Color.RED, "red"),
+    "str-override": (Shouty("quiet"), "quiet"),
+    "int-enum": (Level.HIGH, 3),
+    "int-flag": (Perm.R | Perm.W, 6),
+    "int-override": (Lying(5), 5),
+    "big-int-subclass": (Lying(2**70), 2**70),
+    "float-enum": (Ratio.HALF, 0.5),
+    "float-override": (Floaty(2.5), 2.5),
+    "bytes-override": (Blob(b"ab"), b"ab"),
+}
+
+
+@pytest.mark.parametrize(("value", "base"), SUBCLASS_CASES.values(), ids=SUBCLASS_CASES.keys())
+def test_subclass_instances_are_stored_as_their_base_value_not_their_str(
+    serializer: MsgpackSerializer, value: Any, base: Any
+) -> None:
+    """A str/int/float/bytes subclass decodes to its base value, of exactly the base type,
+    alone, nested in lists, tuples, sets and dicts, and as a dict key (overrides ignored)."""
+    wrapped = [value, [value], (value,), {value}, {"k": value}, {value: 1}]
+    expected = [base, [base], (base,), {base}, {"k": base}, {base: 1}]
+    back = serializer.loads(serializer.dumps(wrapped))
+    assert back == expected
+    assert type(back[0]) is type(base)
+    assert type(back[1][0]) is type(base)
+    assert type(back[2][0]) is type(base)
+    assert type(next(iter(back[3]))) is type(base)
+    assert type(back[4]["k"]) is type(base)
+    assert type(next(iter(back[5]))) is type(base)
+
+
+def test_bool_stays_bool(serializer: MsgpackSerializer) -> None:
+    """bool is an int subclass msgpack packs natively: True comes back True, not 1."""
+    back = serializer.loads(serializer.dumps([True, (False,)]))
+    assert back == [True, (False,)]
+    assert type(back[0]) is bool
+    assert type(back[1][0]) is bool
+
+
+BIG_INTS = [2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, -(2**64), 2**200]
+BIG_INTS += [-(2**200) + 1, 10**2000, -(10**2000), 2 ** (MAX_BIGINT_BYTES * 8 - 1) - 1]
+BIG_INTS += [-(2 ** (MAX_BIGINT_BYTES * 8 - 1))]
+
+
+@pytest.mark.parametrize("number", BIG_INTS, ids=[str(n)[:24] for n in BIG_INTS])
+def test_integers_of_any_sign_and_size_up_to_the_cap_round_trip(
+    serializer: MsgpackSerializer, number: int
+) -> None:
+    """Integers outside 64 bits round-trip (an extension type); those inside stay native."""
+    back = serializer.loads(serializer.dumps([number, {number: (number,)}]))
+    assert back == [number, {number: (number,)}]
+    assert type(back[0]) is int
+    if -(2**63) <= number < 2**64:
+        assert serializer.dumps(number) == msgpack.packb(number)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\x01",
+        b"\x00" + (2**64).to_bytes(9, "big"),
+        (2**64).to_bytes(9, "big")[:-1],
+        b"\x01" + bytes(MAX_BIGINT_BYTES),
+    ],
+    ids=["empty", "fits-in-64-bits", "leading-zero-byte", "wrong-length", "over-the-cap"],
+)
+def test_malformed_big_int_payload_is_corrupt_not_a_crash(payload: bytes) -> None:
+    """A big-int extension that is empty, non-canonical or too long is a miss."""
+    from tiercache.entry import EntryCodec
+
+    codec = EntryCodec(compress_threshold=1 << 20, max_value_bytes=1 << 20)
+    blob = codec.encode(None, 0.0)[:-1] + msgpack.packb(msgpack.ExtType(10, payload))
+    with pytest.raises(CorruptEntryError, match="big integer"):
+        codec.decode(blob)
+
+
+def _nest(wrap: Any, levels: int, inner: Any = 1) -> Any:
+    value = inner
+    for _ in range(levels):
+        value = wrap(value)
+    return value
+
+
+def _unnest(value: Any) -> tuple[list[type], Any]:
+    """The container types from the outside in, and the innermost value (deep values
+    cannot be compared with ==, which recurses in Python)."""
+    kinds: list[type] = []
+    while isinstance(value, (list, tuple, frozenset, dict)):
+        kinds.append(type(value))
+        (value,) = value.values() if isinstance(value, dict) else value
+    return kinds, value
+
+
+def tuple_of(value: Any) -> tuple[Any, ...]:
+    return (value,)
+
+
+def list_of(value: Any) -> list[Any]:
+    return [value]
+
+
+def dict_of(value: Any) -> dict[str, Any]:
+    return {"k": value}
+
+
+NESTERS = {
+    "tuples": (tuple_of, MAX_EXT_DEPTH),
+    "frozensets": (lambda v: frozenset({v}), MAX_EXT_DEPTH),
+    "dates-in-tuples": (tuple_of, MAX_EXT_DEPTH - 1),
+    "lists": (list_of, MAX_DEPTH),
+    "dicts": (dict_of, MAX_DEPTH),
+}
+
+
+@pytest.mark.parametrize(("kind", "limit"), [(k, v[1]) for k, v in NESTERS.items()], ids=NESTERS)
+def test_nesting_up_to_the_limit_round_trips_and_one_more_is_refused_at_encode(
+    serializer: MsgpackSerializer, kind: str, limit: int
+) -> None:
+    """Depth N (the documented limit) round-trips; N+1 is a SerializationError naming it,
+    so nothing set() accepts is unreadable elsewhere."""
+    wrap = NESTERS[kind][0]
+    inner: Any = dt.date(2024, 1, 1) if kind == "dates-in-tuples" else 1
+    deepest = _nest(wrap, limit, inner)
+    assert _unnest(serializer.loads(serializer.dumps(deepest))) == _unnest(deepest)
+    with pytest.raises(
+        SerializationError, match=f"deeper than {MAX_EXT_DEPTH if limit < 100 else MAX_DEPTH}"
+    ):
+        serializer.dumps(_nest(wrap, limit + 1, inner))
+
+
+def test_the_decoder_refuses_exactly_what_the_encoder_refuses() -> None:
+    """Hand-made bytes one level past each limit are undecodable: the limits agree."""
+    too_many_lists = b"\x91" * (MAX_DEPTH + 1) + b"\x01"
+    with pytest.raises(DECODE_ERRORS):
+        MsgpackSerializer().loads(too_many_lists)
+    assert _unnest(MsgpackSerializer().loads(too_many_lists[1:])) == ([list] * MAX_DEPTH, 1)
+    data = msgpack.packb(1)
+    for _ in range(MAX_EXT_DEPTH + 1):
+        data = msgpack.packb(msgpack.ExtType(9, b"\x91" + data))
+    with pytest.raises(ValueError, match="nested deeper than"):
+        MsgpackSerializer().loads(data)
+
+
+_DEEP_LISTS_IN_TUPLES = """
+from tiercache import MsgpackSerializer, SerializationError
+value = 1
+for _ in range(64):
+    for _ in range(1000):
+        value = [value]
+    value = (value,)
+try:
+    MsgpackSerializer().dumps(value)
+except SerializationError as exc:
+    print("refused:", exc)
+else:
+    print("encoded")
+"""
+
+
+def test_deep_lists_inside_many_tuples_are_refused_not_a_crash() -> None:
+    """64 tuples each wrapping 1,000-deep lists: a SerializationError, not a C stack overflow
+    (regression: the nested packers recursed 64,000 levels in C and killed the process)."""
+    proc = run_python(_DEEP_LISTS_IN_TUPLES)
+    assert proc.returncode == 0, f"encoder died with {proc.returncode}: {proc.stderr[-500:]}"
+    assert proc.stdout.startswith("refused:"), proc.stdout
+    assert f"deeper than {MAX_DEPTH}" in proc.stdout
+
+
 class Opaque:
     pass
 
@@ -166,15 +384,19 @@ def test_unsupported_type_raises_serialization_error_naming_it(
     assert isinstance(info.value, TypeError)
 
 
-def test_out_of_range_int_raises_serialization_error(serializer: MsgpackSerializer) -> None:
-    """Integers msgpack cannot hold are a SerializationError, not an OverflowError."""
-    with pytest.raises(SerializationError):
-        serializer.dumps(2**64)
+def test_int_over_the_big_int_cap_raises_serialization_error_naming_it(
+    serializer: MsgpackSerializer,
+) -> None:
+    """An integer wider than MAX_BIGINT_BYTES is a SerializationError naming the limit."""
+    with pytest.raises(SerializationError, match=f"limited to {MAX_BIGINT_BYTES} bytes"):
+        serializer.dumps(2 ** (MAX_BIGINT_BYTES * 8))
+    with pytest.raises(SerializationError, match="limited to"):
+        serializer.dumps([-(2 ** (MAX_BIGINT_BYTES * 8))])
 
 
 def test_a_failed_dumps_leaves_no_garbage_for_the_next_one(serializer: MsgpackSerializer) -> None:
     """After an error, the thread's packer starts clean: the next value packs as usual."""
-    for bad in (Opaque(), 2**70, (1, Opaque())):
+    for bad in (Opaque(), 2**9000, (1, Opaque()), _nest(tuple_of, MAX_EXT_DEPTH + 1)):
         with pytest.raises(SerializationError):
             serializer.dumps(["prefix", bad])
         assert serializer.dumps([1, 2]) == msgpack.packb([1, 2])

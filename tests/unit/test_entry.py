@@ -20,6 +20,7 @@ from tiercache.entry import (
     FORMAT_VERSION,
     HEADER_SIZE,
     LEASE_TOKEN_SIZE,
+    MAX_VERSION,
     Entry,
     EntryCodec,
     Lease,
@@ -27,7 +28,7 @@ from tiercache.entry import (
 )
 from tiercache.errors import CorruptEntryError
 
-HEADER = struct.Struct("!BBQI")  # version, flags, expiry ms, namespace version
+HEADER = struct.Struct("!BBQQ")  # version, flags, expiry ms, namespace version
 FLAG_ZSTD = 0x01
 FLAG_CUSTOM = 0x02
 FLAG_TAGS = 0x04
@@ -81,11 +82,57 @@ def test_expiry_is_stored_in_whole_milliseconds() -> None:
 
 
 def test_header_layout_is_pinned() -> None:
-    """Version u8, flags u8, expiry u64 ms, namespace version u32, then the msgpack payload."""
+    """Version u8 (2), flags u8, expiry u64 ms, namespace version u64, then the payload."""
     blob = make_codec().encode({"a": 1}, expires_at=2.5, ns_version=7)
-    assert HEADER_SIZE == HEADER.size == 14
+    assert FORMAT_VERSION == 2
+    assert HEADER_SIZE == HEADER.size == 18
     assert HEADER.unpack_from(blob) == (FORMAT_VERSION, 0, 2500, 7)
     assert blob[HEADER_SIZE:] == msgpack.packb({"a": 1})
+
+
+@pytest.mark.parametrize("version", [2**32 - 1, 2**32, 5_000_000_000, MAX_VERSION])
+def test_versions_above_32_bits_round_trip_unmasked(version: int) -> None:
+    """Namespace and tag versions up to 2**53 - 1 come back exactly (regression: the
+    namespace version was masked to 32 bits, so a counter past 2**32 made every entry stale)."""
+    codec = make_codec()
+    blob = codec.encode("v", expires_at=5, ns_version=version, tags=[("t", version)])
+    assert codec.decode(blob) == Entry("v", 5.0, version, (("t", version),))
+
+
+@pytest.mark.parametrize(
+    ("ns", "tags"),
+    [
+        (MAX_VERSION + 1, ()),
+        (2**64 - 1, ()),
+        (-1, ()),
+        (0, (("t", MAX_VERSION + 1),)),
+        (0, (("t", -1),)),
+    ],
+    ids=["ns-2**53", "ns-2**64-1", "ns-negative", "tag-2**53", "tag-negative"],
+)
+def test_versions_outside_the_supported_range_are_refused_at_frame(
+    ns: int, tags: tuple[tuple[str, int], ...]
+) -> None:
+    """A version no Lua bump can reach exactly is a ValueError, never silently changed."""
+    with pytest.raises(ValueError, match="versions must be integers from 0 to"):
+        make_codec().encode("v", expires_at=5, ns_version=ns, tags=tags)
+
+
+def test_entries_carrying_versions_over_the_range_are_corrupt() -> None:
+    """An entry whose namespace or tag version is past 2**53 - 1 is a miss, not learned."""
+    with pytest.raises(CorruptEntryError, match="namespace version"):
+        make_codec().decode(hdr(ns=MAX_VERSION + 1) + msgpack.packb(1))
+    packed = msgpack.packb([["t", MAX_VERSION + 1]])
+    tag_block = struct.pack("!I", len(packed)) + packed
+    with pytest.raises(CorruptEntryError, match="tag versions"):
+        make_codec().decode(hdr(flags=FLAG_TAGS) + tag_block + msgpack.packb(1))
+
+
+def test_an_entry_in_the_old_14_byte_format_is_a_miss() -> None:
+    """Format version 1 (u32 namespace version) is an unknown version: CorruptEntryError."""
+    old = struct.pack("!BBQI", 1, 0, 2500, 7) + msgpack.packb({"a": 1})
+    with pytest.raises(CorruptEntryError, match="unknown entry format version 1"):
+        make_codec().decode(old)
 
 
 def test_namespace_version_and_tags_round_trip() -> None:
@@ -240,7 +287,7 @@ def _valid_blobs() -> dict[str, bytes]:
         (b"\x01\x00\x00", "shorter than the entry header"),
         (hdr()[:-1], "shorter than the entry header"),
         (hdr(version=0) + msgpack.packb(1), "unknown entry format version 0"),
-        (hdr(version=2) + msgpack.packb(1), "unknown entry format version 2"),
+        (hdr(version=1) + msgpack.packb(1), "unknown entry format version 1"),
         (hdr(version=255) + msgpack.packb(1), "unknown entry format version 255"),
         (hdr(flags=0x10) + msgpack.packb(1), "unknown entry flags 0x10"),
         (hdr(flags=0x80) + msgpack.packb(1), "unknown entry flags 0x80"),
@@ -257,14 +304,14 @@ def _valid_blobs() -> dict[str, bytes]:
         (hdr(flags=FLAG_LEASE | FLAG_ZSTD) + bytes(LEASE_TOKEN_SIZE), "malformed lease"),
         (json.dumps({"user": 42, "name": "alice"}).encode(), "unknown entry format version 123"),
         (pickle.dumps({"a": 1}), "unknown entry format version"),
-        (b"\x01" + pickle.dumps({"a": 1}), "undecodable payload|shorter|flags"),
+        (bytes([FORMAT_VERSION]) + pickle.dumps({"a": 1}), "undecodable payload|shorter|flags"),
     ],
     ids=[
         "empty",
         "three-bytes",
         "nine-bytes",
         "version-0",
-        "version-2",
+        "version-1",
         "version-255",
         "flag-0x10",
         "flag-0x80",

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tiercache.entry import MAX_VERSION
 from tiercache.messages import (
     MESSAGE_VERSION,
     OP_CLEAR,
@@ -41,7 +42,9 @@ def message(op: int, data: Any, *, seq: int = 1, version: Any = MESSAGE_VERSION)
         pytest.param(OP_KEYS, ["user:42", "", "ключ", "a" * 1024], id="keys"),
         pytest.param(OP_KEYS, [], id="keys-empty"),
         pytest.param(OP_CLEAR, 7, id="clear"),
-        pytest.param(OP_CLEAR, 2**63, id="clear-big-version"),
+        pytest.param(OP_CLEAR, 5_000_000_000, id="clear-over-32-bits"),
+        pytest.param(OP_CLEAR, MAX_VERSION, id="clear-max-version"),
+        pytest.param(OP_TAGS, {"users": MAX_VERSION}, id="tags-max-version"),
         pytest.param(OP_TAGS, {"users": 3, "prices": 1}, id="tags"),
         pytest.param(OP_TAGS, {}, id="tags-empty"),
         pytest.param(OP_PROBE, bytes(range(100, 116)), id="probe"),
@@ -174,6 +177,11 @@ def test_bool_or_float_version_or_op_is_a_message_error(version: Any, op: Any) -
         pytest.param(OP_CLEAR, True, id="clear-bool"),
         pytest.param(OP_CLEAR, None, id="clear-nil"),
         pytest.param(OP_CLEAR, [7], id="clear-array"),
+        pytest.param(OP_CLEAR, MAX_VERSION + 1, id="clear-2**53"),
+        pytest.param(OP_CLEAR, 2**64 - 1, id="clear-2**64-1"),
+        pytest.param(OP_CLEAR, -1, id="clear-negative"),
+        pytest.param(OP_TAGS, {"users": MAX_VERSION + 1}, id="tags-2**53"),
+        pytest.param(OP_TAGS, {"users": -(2**63)}, id="tags-negative"),
         pytest.param(OP_TAGS, ["users"], id="tags-array"),
         pytest.param(OP_TAGS, None, id="tags-nil"),
         pytest.param(OP_TAGS, {"users": "3"}, id="tags-str-version"),
@@ -184,7 +192,9 @@ def test_bool_or_float_version_or_op_is_a_message_error(version: Any, op: Any) -
     ],
 )
 def test_wrong_data_shape_for_the_op_is_a_message_error(op: int, data: Any) -> None:
-    """Keys are a list of str, a clear carries an int, tags map str to int."""
+    """Keys are a list of str, a clear carries a version, tags map str to versions; a
+    version is an int from 0 to 2**53 - 1 (regression: a forged clear carrying 2**63 was
+    learned and made every entry stale)."""
     with pytest.raises(MessageError, match="data must"):
         decode_message(message(op, data))
 
