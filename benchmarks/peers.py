@@ -74,7 +74,7 @@ import threading
 import time
 import traceback
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ if str(ROOT) not in sys.path:  # run as ``python benchmarks/peers.py``
 
 from benchmarks._timing import environment, print_table  # noqa: E402
 
-TITLE = "tiercache vs django-redis, Flask-Caching, dogpile.cache, cashews and a hand-written two-tier"
+TITLE = "tiercache vs django-redis, Flask-Caching, dogpile.cache, cashews, a hand-written two-tier"
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "peers"
 KEYS = 1000
@@ -107,7 +107,8 @@ STAMPEDE_THREADS = 8
 STAMPEDE_LOAD = 0.050  # seconds the stampede's loader takes
 STAMPEDE_SLACK = 0.005  # target: slowest caller <= loader + 5 ms
 BARRIER_TIMEOUT = 120.0
-RESULT_TIMEOUT = 180.0
+RESULT_TIMEOUT = 120.0  # a worker's own bound on a cell's threads/tasks
+REPLY_TIMEOUT = 240.0  # the parent's bound on a worker's reply
 START_TIMEOUT = 60.0
 QUANTILES = 1000  # points of each process's latency sketch
 
@@ -188,6 +189,8 @@ def _load(db: Any, k: int) -> dict[str, Any]:
 class HandWritten:
     """cachetools.TTLCache + threading.Lock in front of redis-py; no invalidation."""
 
+    has_l1 = True
+
     def __init__(self, url: str) -> None:
         import cachetools
         import msgpack
@@ -232,6 +235,8 @@ class HandWritten:
 class DjangoRedis:
     """django-redis through Django's cache API (``django.core.cache.cache``)."""
 
+    has_l1 = False
+
     def __init__(self, url: str) -> None:
         import django
         from django.conf import settings
@@ -269,6 +274,8 @@ class DjangoRedis:
 class FlaskCaching:
     """Flask-Caching's RedisCache through ``flask_caching.Cache`` on a Flask app."""
 
+    has_l1 = False
+
     def __init__(self, url: str) -> None:
         from flask import Flask
         from flask_caching import Cache
@@ -304,6 +311,8 @@ class FlaskCaching:
 class Dogpile:
     """A dogpile.cache region on the ``dogpile.cache.redis`` backend."""
 
+    has_l1 = False
+
     def __init__(self, url: str) -> None:
         from dogpile.cache import make_region
 
@@ -334,6 +343,8 @@ class Dogpile:
 
 class TierCachePeer:
     """tiercache through its public API."""
+
+    has_l1 = True
 
     def __init__(self, url: str) -> None:
         from tiercache import TierCache
@@ -460,7 +471,7 @@ def _sync_cell(index: int, cmd: dict[str, Any], shared: Shared) -> dict[str, Any
     peer = SYNC_PEERS[cmd["peer"]](cmd["url"])
     try:
         role = _role(index, cmd)
-        ctx = _prepare_sync(peer, role, cmd, shared)
+        ctx = _prepare_sync(peer, role, index, cmd, shared)
         threads = cmd["threads"] if role in ("throughput", "stampede") else 1
         body = {
             "throughput": _throughput_thread,
@@ -492,6 +503,10 @@ def _sync_cell(index: int, cmd: dict[str, Any], shared: Shared) -> dict[str, Any
         barrier = shared.barriers[cmd["procs"]]
         started = False
         try:
+            barrier.wait(BARRIER_TIMEOUT)  # L2 filled
+            if role == "throughput" and peer.has_l1:
+                for k in range(KEYS):  # this process's L1, from L2
+                    peer.read(ctx["keys"][k], ctx["loaders"][k])
             barrier.wait(BARRIER_TIMEOUT)  # warm: the parent snapshots the server's counters
             barrier.wait(BARRIER_TIMEOUT)  # go
             started = True
@@ -516,7 +531,7 @@ async def _async_cell(index: int, cmd: dict[str, Any], shared: Shared) -> dict[s
     await peer.start(cmd["url"])
     try:
         role = _role(index, cmd)
-        ctx = await _prepare_async(peer, role, cmd, shared)
+        ctx = await _prepare_async(peer, role, index, cmd, shared)
         tasks = cmd["threads"] if role in ("throughput", "stampede") else 1
         body = {
             "throughput": _throughput_task,
@@ -526,8 +541,13 @@ async def _async_cell(index: int, cmd: dict[str, Any], shared: Shared) -> dict[s
         }[role]
         barrier = shared.barriers[cmd["procs"]]
         # Blocking the loop here is fine: nothing of ours runs until the start.
-        barrier.wait(BARRIER_TIMEOUT)
-        barrier.wait(BARRIER_TIMEOUT)
+        barrier.wait(BARRIER_TIMEOUT)  # L2 filled
+        if role == "throughput":
+            for k in range(KEYS):
+                await peer.read(ctx["keys"][k], ctx["loaders"][k])
+            await asyncio.sleep(0.05)  # let the listener drain the warm-up's own messages
+        barrier.wait(BARRIER_TIMEOUT)  # warm
+        barrier.wait(BARRIER_TIMEOUT)  # go
         results = await asyncio.wait_for(
             asyncio.gather(*(body(peer, ctx, t, cmd, shared) for t in range(tasks))),
             RESULT_TIMEOUT,
@@ -537,30 +557,37 @@ async def _async_cell(index: int, cmd: dict[str, Any], shared: Shared) -> dict[s
         await peer.close()
 
 
+def _fill_share(index: int, procs: int) -> range:
+    """The keys process ``index`` writes to L2 before the timed phase (the processes share
+    the work); afterwards each process with an L1 reads every key once, from L2."""
+    return range(index * KEYS // procs, (index + 1) * KEYS // procs)
+
+
 def _keys(cmd: dict[str, Any]) -> list[str]:
     return [f"{cmd['prefix']}{i}" for i in range(KEYS)]
 
 
-def _prepare_sync(peer: Any, role: str, cmd: dict[str, Any], shared: Shared) -> dict[str, Any]:
+def _prepare_sync(
+    peer: Any, role: str, index: int, cmd: dict[str, Any], shared: Shared
+) -> dict[str, Any]:
     keys = _keys(cmd)
     loaders = [functools.partial(_load, shared.db, k) for k in range(KEYS)]
     if role == "throughput":
-        for k in range(KEYS):  # warm L2 and this process's L1
-            peer.read(keys[k], loaders[k])
+        for k in _fill_share(index, cmd["procs"]):
+            peer.set(keys[k], make_value(k, 0))
     elif role == "reader":
         peer.read(keys[0], loaders[0])
     return {"keys": keys, "loaders": loaders}
 
 
 async def _prepare_async(
-    peer: Cashews, role: str, cmd: dict[str, Any], shared: Shared
+    peer: Cashews, role: str, index: int, cmd: dict[str, Any], shared: Shared
 ) -> dict[str, Any]:
     keys = _keys(cmd)
     loaders = [functools.partial(_load, shared.db, k) for k in range(KEYS)]
     if role == "throughput":
-        for k in range(KEYS):
-            await peer.read(keys[k], loaders[k])
-        await asyncio.sleep(0.05)  # let the listener drain the warm-up's own messages
+        for k in _fill_share(index, cmd["procs"]):
+            await peer.set(keys[k], make_value(k, 0))
     elif role == "reader":
         await peer.read(keys[0], loaders[0])
     return {"keys": keys, "loaders": loaders}
@@ -653,9 +680,12 @@ async def _throughput_task(
                     if age > STALE_LIMIT_NS:
                         stale50 += 1
         else:
-            # A process lock held across an await: fine with one loop per process, since
-            # the other processes are the only contenders and they never wait on this loop.
-            with locks[k % STRIPES]:
+            # The key's lock is a process lock and the other tasks of this loop may want it:
+            # never block the loop on it (the holder could be a task of this very loop).
+            lock = locks[k % STRIPES]
+            while not lock.acquire(False):
+                await yield_(0)
+            try:
                 version = db[k] + 1
                 db[k] = version
                 if op == 1:
@@ -669,6 +699,8 @@ async def _throughput_task(
                 slot = k * RING + version % RING
                 ring_t[slot] = t1
                 ring_v[slot] = version
+            finally:
+                lock.release()
             w_append(t1 - t0)
         await yield_(0)  # a request handler returns to the loop: the listener runs
     return {
@@ -866,12 +898,13 @@ class Pool:
         before: dict[str, int] = {}
         broken = False
         try:
-            barrier.wait(BARRIER_TIMEOUT)
+            barrier.wait(BARRIER_TIMEOUT)  # L2 filled
+            barrier.wait(BARRIER_TIMEOUT)  # L1s warm
             before = self.commandstats()
-            barrier.wait(BARRIER_TIMEOUT)
+            barrier.wait(BARRIER_TIMEOUT)  # go
         except threading.BrokenBarrierError:
             broken = True
-        replies = [self._recv(i, RESULT_TIMEOUT) for i in range(procs)]
+        replies = [self._recv(i, REPLY_TIMEOUT) for i in range(procs)]
         after = self.commandstats()
         errors = [r for r in replies if "error" in r]
         if broken or errors:
@@ -1023,6 +1056,13 @@ def fmt_rate(x: float) -> str:
     return f"{x:.0f}"
 
 
+def shape_label(procs: int, threads: int) -> str:
+    """``1 process x 1 thread``, ``4 processes x 2 threads``."""
+    return (
+        f"{procs} process{'es' if procs > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
+    )
+
+
 def fmt_pct(rate: float) -> str:
     return f"{rate * 100:g}%"
 
@@ -1100,8 +1140,8 @@ def _run(quick: bool, out_dir: Path, tee: Tee) -> dict[str, Any]:
     from tests.redis_server import RedisServer
 
     rounds = 1 if quick else 3
-    duration = 0.3 if quick else 1.0
-    stale_duration = 1.0 if quick else 3.0
+    duration = 0.15 if quick else 0.8
+    stale_duration = 0.8 if quick else 3.0
     stampede_rounds = 1 if quick else 3
     peers, skipped = available_peers()
     versions = _versions()
@@ -1143,11 +1183,19 @@ def _run(quick: bool, out_dir: Path, tee: Tee) -> dict[str, Any]:
         with contextlib.closing(server.client()) as client:
             report["redis_server"] = client.info("server")["redis_version"]
         print(f"redis-server {report['redis_server']} on 127.0.0.1:{server.port}")
+        clock = time.monotonic()
         pool = Pool(server.url)
         try:
+            print(
+                f"  {POOL_PROCESSES} worker processes spawned in {time.monotonic() - clock:.1f} s"
+            )
             cells = _throughput(pool, peers, rounds, duration, failed)
+            clock = time.monotonic()
             stale = _staleness(pool, peers, stale_duration, failed)
+            print(f"  staleness done in {time.monotonic() - clock:.1f} s")
+            clock = time.monotonic()
             stampede = _stampede(pool, peers, stampede_rounds, failed)
+            print(f"  stampede done in {time.monotonic() - clock:.1f} s")
         finally:
             pool.close()
     for peer, why in failed.items():
@@ -1169,6 +1217,7 @@ def _throughput(
     cells: dict[tuple[int, int, float], dict[str, list[dict[str, Any]]]] = {}
     n = 0
     workloads = [(shape, rate) for shape in SHAPES for rate in WRITE_RATES]
+    clock = time.monotonic()
     for r in range(rounds):
         for w, ((procs, threads), rate) in enumerate(workloads):
             if True:
@@ -1192,7 +1241,8 @@ def _throughput(
                         continue
                     cell = cells.setdefault((procs, threads, rate), {})
                     cell.setdefault(peer, []).append(analyze_throughput(replies, commands))
-        print(f"  throughput round {r + 1}/{rounds} done")
+        print(f"  throughput round {r + 1}/{rounds} done in {time.monotonic() - clock:.1f} s")
+        clock = time.monotonic()
     result = []
     for (procs, threads, rate), per_peer in cells.items():
         rows = {}
@@ -1247,13 +1297,10 @@ def _staleness(
             print(f"  {peer}: staleness failed ({failed[peer]})")
             continue
         result[peer] = analyze_staleness(writer["done"], reader["started"], reader["seen"])
-    print("  staleness done")
     return result
 
 
-def _stampede(
-    pool: Pool, peers: list[str], rounds: int, failed: dict[str, str]
-) -> dict[str, Any]:
+def _stampede(pool: Pool, peers: list[str], rounds: int, failed: dict[str, str]) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {}
     n = 0
     for r in range(rounds):
@@ -1283,7 +1330,6 @@ def _stampede(
                     "commands": sum(commands.values()),
                 }
             )
-    print("  stampede done")
     return {
         peer: {
             "loader_calls": statistics.median(x["loader_calls"] for x in xs),
@@ -1327,8 +1373,7 @@ def _print_throughput(cells: list[dict[str, Any]], peers: list[str]) -> None:
                 ]
             )
         title = (
-            f"{cell['procs']} process(es) x {cell['threads']} thread(s), "
-            f"{fmt_pct(cell['write_rate'])} writes"
+            f"{shape_label(cell['procs'], cell['threads'])}, {fmt_pct(cell['write_rate'])} writes"
         )
         header = ["peer", "ops/s", "vs hand", "vs cashews", "p50", "p99", "write p50"]
         print_table(title, [*header, "cmds/op", "stale>50ms"], rows)
@@ -1475,12 +1520,13 @@ def _plots(report: dict[str, Any], out_dir: Path) -> list[str]:
             ax.bar(xs, ys, width, label=peer, color=colors[peer])
         ax.set_xticks(range(len(rates)), [fmt_pct(r) + " writes" for r in rates])
         ax.set_yscale("log")
-        ax.set_title(f"{procs} process(es) x {threads} thread(s)")
+        ax.set_title(shape_label(procs, threads))
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0].set_ylabel("operations / s (log scale)")
-    axes[-1].legend(fontsize=8, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(peers), fontsize=9)
     fig.suptitle("Throughput by write rate (1,000 keys, Zipf 1.1, ~1 KB values)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path = out_dir / "throughput.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1509,9 +1555,10 @@ def _plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         ax.set_title(f"4 processes x 2 threads, {fmt_pct(rate)} writes")
         ax.grid(which="both", alpha=0.3)
     axes[0].set_ylabel("fraction of operations")
-    axes[-1].legend(fontsize=8, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(peers), fontsize=9)
     fig.suptitle("Latency CDF (median round)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path = out_dir / "latency_cdf.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1536,6 +1583,9 @@ def _plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         ax.grid(axis="x", which="both", alpha=0.3)
         share = [100 * stale[n]["stale50_reads"] / max(1, stale[n]["reads"]) for n in names]
         ax2.barh(list(ys), share, 0.6, color=[colors[n] for n in names])
+        for y, n in zip(ys, names, strict=True):
+            text = f"{share[y]:.1f}% ({stale[n]['stale50_reads']} of {stale[n]['reads']})"
+            ax2.text(min(share[y], 60) + 1, y, text, va="center", fontsize=8)
         ax2.set_yticks(list(ys), names)
         ax2.set_xlim(0, 100)
         ax2.set_xlabel("% of reads stale by more than 50 ms")
