@@ -67,6 +67,8 @@ import itertools
 import json
 import math
 import multiprocessing
+import os
+import platform
 import random
 import statistics
 import sys
@@ -1017,7 +1019,9 @@ def analyze_staleness(
                 stale50 += 1
     lags.sort()
     fresh.sort()
+    gaps = [b - a for a, b in itertools.pairwise(started)]
     return {
+        "read_every_ns": statistics.median(gaps) if gaps else None,
         "writes": len(done),
         "unseen": unseen,
         "censored": bool(unseen),
@@ -1057,6 +1061,8 @@ def _quantile(ordered: Sequence[float], q: float) -> float:
 def fmt_lat(ns: float | None) -> str:
     if ns is None:
         return "-"
+    if ns == 0:
+        return "0"
     if ns < 1_000_000:
         return f"{ns / 1000:.1f} µs"
     if ns < 1_000_000_000:
@@ -1113,6 +1119,24 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def _machine() -> str:
+    """CPU model and count, and the kernel."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"machine: {os.cpu_count()} x {model}, {platform.system()} {platform.release()}"
+
+
+def _command() -> str:
+    """The command line of this run, as typed (``python -m ...``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = f"python -m {spec.name.removesuffix('.__main__')}" if spec else "python"
+    return " ".join([program, *sys.argv[1:]])
+
+
 def available_peers() -> tuple[list[str], dict[str, str]]:
     """Peers whose modules import here, and why each other one is skipped."""
     ok, skipped = [], {}
@@ -1147,7 +1171,8 @@ def run(quick: bool = False, out: Path | str | None = None) -> dict[str, Any]:
     with contextlib.redirect_stdout(tee):
         report = _run(quick, out_dir, tee)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "peers.txt").write_text(tee.getvalue())
+    header = f"{report['environment']}\n{report['machine']}\ncommand: {report['command']}\n"
+    (out_dir / "peers.txt").write_text(header + tee.getvalue())
     print(f"\nwrote {out_dir}/peers.txt, peers.json" + (", *.png" if report["plots"] else ""))
     return report
 
@@ -1176,6 +1201,8 @@ def _run(quick: bool, out_dir: Path, tee: Tee) -> dict[str, Any]:
     )
     report: dict[str, Any] = {
         "environment": environment(),
+        "machine": _machine(),
+        "command": _command(),
         "versions": versions,
         "skipped": skipped,
         "quick": quick,
@@ -1408,6 +1435,7 @@ def _print_staleness(stale: dict[str, Any]) -> None:
                 fmt_lat(s["fresh_p99_ns"]),
                 s["unseen"],
                 s["reads"],
+                fmt_lat(s["read_every_ns"]),
                 s["stale_reads"],
                 s["stale50_reads"],
             ]
@@ -1417,7 +1445,8 @@ def _print_staleness(stale: dict[str, Any]) -> None:
         f"one reader process (a read every ~{READ_PAUSE * 1000:g} ms). 'stale for' = how long "
         "after a write returned a read still saw an older version (0: no read did; '≥': "
         "some writes were never seen before the end); 'first fresh' = when the first read "
-        "saw it (includes time the reader was not scheduled at all)",
+        "saw it (includes time the reader was not scheduled at all); both are as fine as "
+        "the reader's 'read every' (median gap between two reads)",
         [
             "peer",
             "writes",
@@ -1427,6 +1456,7 @@ def _print_staleness(stale: dict[str, Any]) -> None:
             "p99",
             "never seen",
             "reads",
+            "read every",
             "stale",
             "stale>50ms",
         ],
