@@ -1247,6 +1247,8 @@ def _run(quick: bool, out_dir: Path, tee: Tee) -> dict[str, Any]:
     _print_staleness(stale)
     _print_stampede(stampede)
     report["targets"] = _targets(cells, stale, stampede)
+    if quick:
+        print("(--quick: one short round per workload; the verdicts above are only indicative)")
     out_dir.mkdir(parents=True, exist_ok=True)
     report["plots"] = _plots(report, out_dir)
     (out_dir / "peers.json").write_text(json.dumps(report, indent=1, default=str))
