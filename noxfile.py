@@ -52,6 +52,16 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def peers(session: nox.Session) -> None:
+    """Run the peers benchmark with the ``peers`` extra (``-- --quick``, ``-- --out DIR``).
+
+    ``nox -s peers -- --out docs/assets/peers`` refreshes the Benchmarks page's plots.
+    """
+    session.install("-e", ".[dev,peers]")
+    session.run("python", "-m", "benchmarks", "peers", *session.posargs)
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """Run the demo on the embedded default cache (``python -m tiercache demo``)."""
     session.install("-e", ".[demo]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="fewer repetitions (~10 s per benchmark)"
     )
     parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder of the benchmarks that write files (peers)",
+    )
+    parser.add_argument(
         "names", nargs="*", metavar="name", help=f"benchmarks to run: {', '.join(BENCHMARKS)}"
     )
     args = parser.parse_args(argv)
@@ -37,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"benchmarks.{name}")
         started = time.monotonic()
         print(f"\n=== {name}{' (quick)' if args.quick else ''}: {module.TITLE} ===")
-        module.run(quick=args.quick)
+        options = {}
+        if args.out is not None and "out" in inspect.signature(module.run).parameters:
+            options["out"] = args.out
+        module.run(quick=args.quick, **options)
         print(f"\n[{name}: {time.monotonic() - started:.1f} s]")
     return 0
 
