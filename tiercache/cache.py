@@ -100,8 +100,9 @@ class TierCache(TracedReads, WritePath, ReadPath):
             next to nothing while no SDK is installed). False turns both off.
         record_keys: put keys in spans: None (default: never), ``"hash"`` (a BLAKE2b
             digest) or ``"raw"`` (the key itself; it may hold personal data).
-        trace_l1_hits: open spans for L1 hits too (False keeps them out of traces; they
-            still count in the metrics).
+        trace_l1_hits: open spans for L1 hits too. Off by default: at millions of hits a
+            second a span each is most of an APM bill; hits are counted in the metrics
+            either way.
         timer: a clock in seconds for tests; replaces both the monotonic clock of L1 and the
             wall clock of logical expiry.
 
@@ -133,7 +134,7 @@ class TierCache(TracedReads, WritePath, ReadPath):
         background_workers: int = 4,
         telemetry: bool = True,
         record_keys: RecordKeys = None,
-        trace_l1_hits: bool = True,
+        trace_l1_hits: bool = False,
         timer: Callable[[], float] | None = None,
     ) -> None:
         settings = Settings.build(
@@ -183,6 +184,7 @@ class TierCache(TracedReads, WritePath, ReadPath):
             record_keys=settings.record_keys,  # type: ignore[arg-type]
             trace_l1_hits=settings.trace_l1_hits,
             server=self._l2.server() if self._l2 is not None else None,
+            database=self._l2.db() if self._l2 is not None else None,
         )
         if self._l2 is not None:
             self._l2.telemetry = self._telemetry
@@ -322,8 +324,10 @@ class TierCache(TracedReads, WritePath, ReadPath):
                 found[key] = entry[0]
             else:
                 missing.append(key)
+        l1_found = len(found)
         self._counters.l1_misses += len(missing)
         if not missing or self._l2 is None or not self._l2_usable():
+            self._counters.read_misses += len(missing)
             return found
         # One lock round for all tickets, one for all fills, one for all releases.
         tickets = self._l1.tickets(missing)
@@ -332,6 +336,7 @@ class TierCache(TracedReads, WritePath, ReadPath):
                 blobs = self._l2.get_many([self._prefix + key for key in missing])
             except L2Error as exc:
                 self._read_failed(exc)
+                self._counters.read_misses += len(missing)
                 return found
             fills = []
             wall = self._wall()
@@ -348,6 +353,7 @@ class TierCache(TracedReads, WritePath, ReadPath):
                         fills.append((key, hit.value, l1_ttl, ticket, tags, stale_for))
             if fills:
                 self._l1.fill_many(fills)
+            self._counters.read_misses += len(missing) + l1_found - len(found)
         finally:
             self._l1.release_all(tickets)
         return found
@@ -465,6 +471,8 @@ class TierCache(TracedReads, WritePath, ReadPath):
 
         Since: 0.1.0
         """
+        if self._pid != os.getpid():
+            self._after_fork()  # no fork hook ran (uWSGI): the parent's counts are not ours
         snapshot = self._counters.snapshot()
         snapshot["l1_hits"] += self._l1_hits
         snapshot["l1_size"] = len(self._l1)
@@ -574,8 +582,13 @@ class TierCache(TracedReads, WritePath, ReadPath):
             bus.raise_if_refused()
 
     def _after_fork(self) -> None:
-        """In a forked child: empty L1, forget loads and versions, new bus identity."""
+        """In a forked child: empty L1, forget loads and versions, new bus identity, counts
+        from zero, and a fresh look for an SDK on the first call."""
         self._pid = os.getpid()
+        self._counters.reset()
+        self._l1_hits = 0
+        self._next_tick = 0.0
+        self._telemetry.after_fork()
         # Single-flight first: resetting L1 detaches its loads, under single-flight's lock.
         self._flight.reset_after_fork()
         self._l1.reset_after_fork()

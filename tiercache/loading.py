@@ -114,9 +114,13 @@ class ReadPath(ReadL2):
                             return hit
                     finally:
                         self._l1.release(ticket)
-            value, leader = self._flight.run(
-                key, lambda: self._load_through(key, loader, ttl_s, tag_list, first)
-            )
+            try:
+                value, leader = self._flight.run(
+                    key, lambda: self._load_through(key, loader, ttl_s, tag_list, first)
+                )
+            except Exception:
+                self._counters.read_errors += 1  # the load failed and nothing could answer
+                raise
             if not leader:
                 self._counters.load_waits += 1
                 self._telemetry.answered("loader", "miss", **{ATTR_COALESCED: True})
@@ -128,10 +132,12 @@ class ReadPath(ReadL2):
         with self._telemetry.span(SPAN_GET, key):
             self._counters.l1_misses += 1
             if self._l2 is None:
+                self._counters.read_misses += 1
                 self._telemetry.answered("l1", "miss")
                 return default
             self._start_listener()
             if not self._l2_usable():
+                self._counters.read_misses += 1
                 return default
             ticket = self._l1.ticket(key)
             try:
@@ -140,6 +146,7 @@ class ReadPath(ReadL2):
                     self._fill_from_l2(key, found, ticket)
                     self._answered_l2(found)
                     return found.entry.value
+                self._counters.read_misses += 1
                 self._telemetry.answered("l2", "miss")
                 return default
             finally:
@@ -175,6 +182,7 @@ class ReadPath(ReadL2):
         try:
             entry = self._l1.get(key)  # a previous leader may have filled it meanwhile
             if entry is not None:
+                self._counters.l1_hits += 1
                 self._telemetry.answered("l1", "hit")
                 return entry[0]
             held, value = self._l1.held_value(key)
@@ -309,6 +317,7 @@ class ReadPath(ReadL2):
             raise error
         value, prepared = outcome
         self._store(key, value, prepared, ttl_s, tags, ticket, writer)
+        self._counters.loads_served += 1
         self._telemetry.answered("loader", "miss", **{ATTR_VALUE_SIZE: len(prepared.payload)})
         return value
 
@@ -435,6 +444,7 @@ class ReadPath(ReadL2):
             return self._serve_stale(key, fallback, ticket)
         entry = self._l1.get(key)
         if entry is not None:
+            self._counters.l1_hits += 1
             self._telemetry.answered("l1", "hit")
             return entry[0]
         if self._coherence is not None and self._l2_usable():

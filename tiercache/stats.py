@@ -41,6 +41,9 @@ COUNTERS = (
     "load_timeouts",
     "refreshes",
     "refresh_errors",
+    "loads_served",
+    "read_misses",
+    "read_errors",
 )
 
 
@@ -76,6 +79,17 @@ class Counters:
         self.load_timeouts = 0
         self.refreshes = 0
         self.refresh_errors = 0
+        # Per read, by how it was answered (with l1_hits, l2_hits, load_waits and
+        # stale_serves, one count per key read: what tiercache.requests reports).
+        self.loads_served = 0
+        self.read_misses = 0
+        self.read_errors = 0
+
+    def reset(self) -> None:
+        """Zero every counter in place (a forked child starts counting from zero; the
+        object is shared with the cache's parts, so it is not replaced)."""
+        for name in COUNTERS:
+            setattr(self, name, 0)
 
     def snapshot(self) -> dict[str, int]:
         """The counters as a plain dict."""
