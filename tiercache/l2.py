@@ -151,7 +151,8 @@ class RedisTier:
                 pipe.set(key, data, px=max(1, ttl_ms))
             pipe.execute()
 
-        self._call("SET (pipeline)", pipelined)
+        # Named as the database conventions name batches: PIPELINE + the one command.
+        self._call("SET" if len(items) == 1 else "PIPELINE SET", pipelined)
 
     def set_nx(self, key: str, data: bytes, ttl_ms: int) -> bool:
         """``SET key data NX PX ttl_ms``; whether it was set."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .keys import ArgumentKeyer, check_tags
 from .options import Duration, check_optional_ttl
-from .telemetry import ATTR_FUNCTION, SPAN_MEMOIZE
+from .telemetry import ATTR_FUNCTION, SPAN_MEMOIZE, qualified_name
 
 if TYPE_CHECKING:
     from .cache import TierCache
@@ -50,14 +50,15 @@ class Memoized(Generic[P, R]):
         self._ttl = ttl
         self._tags = tags
         self._keyer = ArgumentKeyer(func, ignore, name)
+        # code.function.name wants the fully qualified name: module + qualname.
+        self._span_attributes = {ATTR_FUNCTION: qualified_name(func)}
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         key = self._keyer(args, kwargs)
         cache = self._cache()
         telemetry = cache._telemetry
         if telemetry.tracing and telemetry.trace_l1_hits:
-            attributes = {ATTR_FUNCTION: self._func.__qualname__}
-            with telemetry.span(SPAN_MEMOIZE, key, attributes):
+            with telemetry.span(SPAN_MEMOIZE, key, self._span_attributes):
                 return cache.get_or_set(
                     key, lambda: self._func(*args, **kwargs), self._ttl, tags=self._tags
                 )
