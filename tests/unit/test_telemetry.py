@@ -1188,3 +1188,137 @@ def test_a_closed_cache_keeps_its_counts_in_the_monotonic_counters(
     a.close()
     after = requests(sdk, namespace)
     assert (after["loader", "miss"], after["l1", "hit"], after["l2", "hit"]) == (2, 1, 1)
+
+
+# -- what an APM backend makes of it ---------------------------------------------------------------
+
+
+def test_duration_buckets_suit_a_cache(make_cache: MakeCache, sdk: Sdk, namespace: str) -> None:
+    """The histogram advises second-scale boundaries (0.1 ms to 10 s) that the SDK uses: a
+    Redis round trip lands in a sub-5-ms bucket, not in the SDK default's first bucket
+    (0-5, meant for milliseconds), and a 20 ms load in its own."""
+    cache = make_cache()
+
+    def slow() -> str:
+        time.sleep(0.02)  # the loader's own duration, the thing measured
+        return "v"
+
+    cache.get_or_set("k", slow)
+    found = points(sdk, tel.METRIC_DURATION, namespace)
+    get = found[frozenset({(tel.ATTR_TIER, "l2"), (tel.ATTR_OPERATION, "GET")})]
+    load = found[frozenset({(tel.ATTR_TIER, "loader"), (tel.ATTR_OPERATION, "load")})]
+    assert tuple(get.explicit_bounds) == tel.DURATION_BUCKETS
+    assert tel.DURATION_BUCKETS[0] <= 0.0001
+    assert tel.DURATION_BUCKETS[-1] >= 10
+    # Index of the bucket holding the one GET: at most the one ending at 5 ms.
+    (bucket,) = [i for i, count in enumerate(get.bucket_counts) if count]
+    assert bucket <= tel.DURATION_BUCKETS.index(0.005)
+    (bucket,) = [i for i, count in enumerate(load.bucket_counts) if count]
+    assert tel.DURATION_BUCKETS[bucket - 1] >= 0.01  # above 10 ms, apart from Redis calls
+
+
+def test_each_lua_script_has_a_span_name_of_its_own(
+    make_cache: MakeCache, exporter: InMemorySpanExporter
+) -> None:
+    """The scripts are told apart by the span name (what span metrics split on) and by
+    ``db.stored_procedure.name``; ``db.operation.name`` stays EVALSHA."""
+    cache = make_cache()
+    cache.get_or_set("k", load_value())  # lease (compare-and-set), write under the lease
+    with pytest.raises(BoomError):
+        cache.get_or_set("e", failing)  # lease, then released
+    cache.invalidate_tags("t")  # version bump
+    scripts = {s.name: attrs(s) for s in finished(exporter) if s.name.split(" ", 1)[0] == "EVALSHA"}
+    assert set(scripts) == {
+        "EVALSHA compare_and_set",
+        "EVALSHA lease_write",
+        "EVALSHA lease_release",
+        "EVALSHA version_bump",
+    }
+    for name, found in scripts.items():
+        assert found["db.operation.name"] == "EVALSHA"
+        assert name == f"EVALSHA {found['db.stored_procedure.name']}"
+        assert found["db.system"] == found["db.system.name"] == "redis"
+        assert found["db.namespace"] == "0"
+
+
+def test_l1_hits_are_untraced_by_default_and_counted(
+    make_cache: MakeCache, exporter: InMemorySpanExporter, namespace: str, sdk: Sdk
+) -> None:
+    """trace_l1_hits defaults to False: with an SDK recording, L1 hits (memoized ones too)
+    open no span, and still count in ``tiercache.requests``; misses keep their spans."""
+    cache = make_cache()
+    assert cache.settings.trace_l1_hits is False
+
+    @cache.memoize
+    def f(x: int) -> int:
+        return x
+
+    cache.get_or_set("k", load_value())
+    f(1)
+    exporter.clear()
+    for _ in range(3):
+        assert cache.get_or_set("k", must_not_load) == "loaded"
+        assert cache.get("k") == "loaded"
+        assert f(1) == 1
+    assert own(exporter, namespace) == []
+    assert "get_or_set" not in cache.__dict__
+    assert requests(sdk, namespace)["l1", "hit"] == 9
+    assert cache.get("absent") is None
+    assert answer(only(exporter, tel.SPAN_GET)) == ("l2", "miss")
+
+
+def test_the_bus_self_probe_is_not_traced(
+    make_cache: MakeCache, exporter: InMemorySpanExporter, namespace: str
+) -> None:
+    """The listener's self-probe PUBLISH, caused by no request, opens no span (it used to
+    be a one-span root trace in every worker); an invalidation's PUBLISH still does."""
+    cache = make_cache()
+    stats = subscribed(cache, probe=True)
+    assert stats["bus_probes_sent"] == 1
+    assert [s.name for s in own(exporter, namespace) if s.name == "PUBLISH"] == []
+    cache.delete("k")
+    publish = only(exporter, "PUBLISH")
+    assert publish.parent is not None
+
+
+def test_user_suppression_is_honoured(
+    make_cache: MakeCache, exporter: InMemorySpanExporter, namespace: str
+) -> None:
+    """Inside ``suppressed()`` (the context key OpenTelemetry instrumentations share)
+    tiercache opens no span, Redis ones included."""
+    cache = make_cache()
+    with tel.suppressed():
+        cache.get_or_set("k", load_value())
+        cache.set("j", 1)
+    assert own(exporter, namespace) == []
+
+
+def test_a_loaders_exception_message_keeps_the_key_out_unless_raw(
+    make_cache: MakeCache, exporter: InMemorySpanExporter
+) -> None:
+    """A loader raising ``KeyError(key)``: by default the event has the exception's type
+    (qualified), the frames and ``exception.escaped``, but not the message, which holds the
+    key; with record_keys="raw" the message is recorded as is."""
+    cache = make_cache()
+
+    def lookup() -> Any:
+        raise KeyError(SECRET)
+
+    with pytest.raises(KeyError):
+        cache.get_or_set("profile", lookup)
+    span = only(exporter, tel.SPAN_GET_OR_SET)
+    assert attrs(span)["error.type"] == "KeyError"  # builtins are not prefixed
+    for recorded in finished(exporter):
+        assert all("alice" not in text for text in _every_string_in(recorded))
+    event = dict(span.events[0].attributes or {})
+    assert event["exception.type"] == "KeyError"
+    assert event["exception.message"] == tel.OMITTED_MESSAGE
+    assert "in lookup" in event["exception.stacktrace"]
+    assert event["exception.escaped"] == "True"
+
+    exporter.clear()
+    raw = make_cache(record_keys="raw")
+    with pytest.raises(KeyError):
+        raw.get_or_set("profile", lookup)
+    event = dict(only(exporter, tel.SPAN_GET_OR_SET).events[0].attributes or {})
+    assert SECRET in event["exception.message"]
