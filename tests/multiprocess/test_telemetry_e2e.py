@@ -145,9 +145,11 @@ class Span:
     def tree(self, depth: int = 0) -> str:
         shown = [
             f"{name}={self.attributes[name]}"
-            for name in ("tiercache.tier", "tiercache.result", "db.stored_procedure.name")
+            for name in ("tiercache.tier", "tiercache.result", "error.type")
             if name in self.attributes
         ]
+        if self.status == STATUS_CODE_ERROR:
+            shown.append("status=ERROR")
         line = f"{'  ' * depth}{self.name:<{40 - 2 * depth}} {self.duration_us:>9,.0f} µs"
         lines = [" ".join([line, *shown]).rstrip()]
         lines += [kid.tree(depth + 1) for kid in sorted(self.children, key=lambda s: s.start)]
