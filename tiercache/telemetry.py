@@ -622,7 +622,8 @@ class _Totals:
         return _observe(self._read, totals)
 
 
-def _totals_after_fork() -> None:
+def _forget_retired_totals() -> None:
+    """Forget every closed instance's counts (in a forked child: they are the parent's)."""
     made = _made
     if made is not None:
         for totals in made.monotonic:
@@ -630,7 +631,7 @@ def _totals_after_fork() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_totals_after_fork)
+    os.register_at_fork(after_in_child=_forget_retired_totals)
 
 
 def _add(

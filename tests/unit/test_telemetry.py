@@ -114,6 +114,11 @@ def _install() -> Sdk:
 def sdk() -> Iterator[Sdk]:
     """The SDK, recording spans while this module's tests run."""
     installed = _install()
+    # Caches that earlier test modules built and closed left their final counts in the
+    # monotonic counters (6 series per namespace for tiercache.requests alone): reported to
+    # this SDK, hundreds of namespaces would pass its limit of 2000 attribute sets per
+    # instrument, and later points would go to an overflow series.
+    tel._forget_retired_totals()
     installed.switch.on = True
     try:
         yield installed
