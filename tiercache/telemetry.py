@@ -10,8 +10,8 @@ named and described as the OpenTelemetry database conventions say for Redis (spa
 database call). Attributes say which tier answered (`ATTR_TIER`: l1, l2, loader, stale) and
 whether it was a hit (`ATTR_RESULT`). Raw keys are never recorded unless asked
 (``record_keys="hash"`` records a BLAKE2b digest, ``"raw"`` the key itself); for the same
-reason the message of an exception tiercache did not raise itself (a loader's ``KeyError(key)``)
-is left out of span events unless ``record_keys="raw"``.
+reason an exception's message (a loader's ``KeyError(key)``) is left out of span events
+unless ``record_keys="raw"``, but for tiercache's Redis and timeout errors.
 
 Cost. A no-op ``start_as_current_span`` costs about eight L1 hits (~3.5 us against ~0.44 us
 for a locked cachetools hit, Python 3.11, opentelemetry-api 1.45), so the cache does not open
@@ -55,7 +55,7 @@ from opentelemetry.trace import (
 )
 
 from ._version import __version__
-from .errors import L2Error, TierCacheError
+from .errors import L2Error, LoaderTimeoutError
 
 __all__ = [
     "ATTR_COALESCED",
@@ -180,7 +180,7 @@ DURATION_BUCKETS = (
 RecordKeys = Literal["hash", "raw"] | None
 #: Seconds between two checks of whether an SDK is installed.
 REFRESH_INTERVAL = 1.0
-#: What replaces the message of an exception tiercache did not raise itself (see `_record_error`).
+#: What replaces an exception's message in span events (see `_record_error`).
 OMITTED_MESSAGE = "(message omitted: it may hold keys or values; record_keys='raw' keeps it)"
 
 _tracer = trace.get_tracer(TRACER_NAME, __version__)
@@ -435,6 +435,11 @@ def _recorded(
             raise
 
 
+# Exceptions whose messages tiercache writes from its own words, Redis' replies and
+# durations, never from a key or a value: recorded as they are.
+_OWN_MESSAGES = (L2Error, LoaderTimeoutError)
+
+
 def qualified_name(obj: Any) -> str:
     """``module.qualname`` of a class or function (just the name for builtins), as the
     ``error.type`` and ``code.function.name`` conventions want it."""
@@ -447,8 +452,8 @@ def _record_error(span: trace.Span, exc: BaseException, raw_messages: bool) -> N
     """Mark ``span`` as failed by ``exc``, which escapes it.
 
     ``error.type`` names the original exception when tiercache wrapped a Redis error in
-    `L2Error` (the conventions prefer the cause). The message of an exception tiercache did
-    not raise itself may hold a key or a value (a loader's ``KeyError(key)``): unless
+    `L2Error` (the conventions prefer the cause). Any other message may hold a key or a value
+    (a loader's ``KeyError(key)``, a serializer's complaint about a value): unless
     ``record_keys="raw"``, it is replaced in the event, and so is the last line of each
     exception in the stack trace, which repeats it; the type and the frames stay."""
     try:
@@ -457,7 +462,7 @@ def _record_error(span: trace.Span, exc: BaseException, raw_messages: bool) -> N
         cause = exc.__cause__ if isinstance(exc, L2Error) else None
         span.set_attribute("error.type", qualified_name(type(cause or exc)))
         extra: dict[str, Any] = {}
-        if not raw_messages and not isinstance(exc, TierCacheError):
+        if not raw_messages and not isinstance(exc, _OWN_MESSAGES):
             extra["exception.message"] = OMITTED_MESSAGE
             extra["exception.stacktrace"] = _stack_without_messages(exc)
         span.record_exception(exc, attributes=extra or None, escaped=True)

@@ -42,7 +42,7 @@ from opentelemetry.trace import Link, SpanKind, StatusCode, TraceState
 from opentelemetry.util.types import Attributes
 
 from tests.support import WAIT, BoomError, CacheFactory, FakeClock, subscribed, wait_until
-from tiercache import Breaker, TierCache
+from tiercache import Breaker, LoaderTimeoutError, TierCache
 from tiercache import telemetry as tel
 
 SECRET = "user:alice@example.com"  # a key that must never show up in a span by default
@@ -1327,3 +1327,24 @@ def test_a_loaders_exception_message_keeps_the_key_out_unless_raw(
         raw.get_or_set("profile", lookup)
     event = dict(only(exporter, tel.SPAN_GET_OR_SET).events[0].attributes or {})
     assert SECRET in event["exception.message"]
+
+
+def test_tiercache_timeout_messages_are_kept(
+    make_cache: MakeCache, exporter: InMemorySpanExporter
+) -> None:
+    """LoaderTimeoutError's message is tiercache's own words (a duration, no key): kept."""
+    cache = make_cache(hard_timeout=0.05)
+    release = threading.Event()
+
+    def stuck() -> str:
+        assert release.wait(WAIT)
+        return "late"
+
+    try:
+        with pytest.raises(LoaderTimeoutError):
+            cache.get_or_set("k", stuck)
+    finally:
+        release.set()
+    event = dict(only(exporter, tel.SPAN_GET_OR_SET).events[0].attributes or {})
+    assert event["exception.type"] == "tiercache.errors.LoaderTimeoutError"
+    assert event["exception.message"] == "the loader did not finish within 0.05 s"
