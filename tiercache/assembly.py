@@ -19,7 +19,7 @@ from .coherence import Coherence
 from .entry import EntryCodec
 from .flight import SingleFlight
 from .l1 import LocalTier
-from .l2 import RedisTier, server_of
+from .l2 import RedisTier, db_of, server_of
 from .lifecycle import Lifecycle
 from .lifetimes import Lifetimes
 from .loading import Loads
@@ -75,6 +75,7 @@ def assemble(client: Any, settings: Settings, serializer: Serializer | None, lab
         record_keys=settings.record_keys,  # type: ignore[arg-type]
         trace_l1_hits=settings.trace_l1_hits,
         server=None if client is None else server_of(client),
+        database=None if client is None else db_of(client),
     )
     counters = Counters()
     l2_log = RateLimitedLog()
@@ -133,6 +134,8 @@ def assemble(client: Any, settings: Settings, serializer: Serializer | None, lab
     )
     # In a forked child: single-flight first (resetting L1 detaches its loads, under
     # single-flight's lock), then L1, the pools and locks, and the bus's identity.
+    lifecycle.on_fork(counters.reset)  # a child's stats and metrics count from zero
+    lifecycle.on_fork(telemetry.after_fork)  # and look for an SDK on its first call
     lifecycle.on_fork(flight.reset_after_fork)
     lifecycle.on_fork(l1.reset_after_fork)
     lifecycle.on_fork(background.reset_after_fork)

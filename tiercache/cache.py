@@ -89,8 +89,9 @@ class TierCache:
             next to nothing while no SDK is installed). False turns both off.
         record_keys: put keys in spans: None (default: never), ``"hash"`` (a BLAKE2b
             digest) or ``"raw"`` (the key itself; it may hold personal data).
-        trace_l1_hits: open spans for L1 hits too (False keeps them out of traces; they
-            still count in the metrics).
+        trace_l1_hits: open spans for L1 hits too. Off by default: at millions of hits a
+            second a span each is most of an APM bill; hits are counted in the metrics
+            either way.
         timer: a clock in seconds for tests; replaces both the monotonic clock of L1 and the
             wall clock of logical expiry.
 
@@ -122,7 +123,7 @@ class TierCache:
         background_workers: int = 4,
         telemetry: bool = True,
         record_keys: RecordKeys = None,
-        trace_l1_hits: bool = True,
+        trace_l1_hits: bool = False,
         timer: Callable[[], float] | None = None,
     ) -> None:
         self._settings = settings = Settings.build(
@@ -165,6 +166,7 @@ class TierCache:
         self._clock = parts.clock
         self._next_tick = 0.0
         self._shadowed = False
+        self._lifecycle.on_fork(self._reset_hot_path)
         forking.track(self)
         # A cache dropped without close() must not keep its listener thread and connections
         # forever (test suites and request-scoped code create many): stop them when it is
@@ -449,6 +451,7 @@ class TierCache:
 
         Since: 0.1.0
         """
+        self._lifecycle.forked()  # no fork hook ran (uWSGI): the parent's counts are not ours
         snapshot = self._counters.snapshot()
         snapshot["l1_hits"] += self._l1_hits
         snapshot["l1_size"] = len(self._l1)
@@ -556,6 +559,11 @@ class TierCache:
     def _after_fork(self) -> None:
         """In a forked child: every part resets its process-local state."""
         self._lifecycle.forked()
+
+    def _reset_hot_path(self) -> None:
+        # The child counts its own hits, and ticks (drains, looks for an SDK) at once.
+        self._l1_hits = 0
+        self._next_tick = 0.0
 
 
 def _abandoned(

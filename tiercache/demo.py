@@ -390,8 +390,7 @@ def _print_tree(d: _Demo, spans: list[Any]) -> None:
             show(kid, depth + 1)
 
     for root in kids.get(None, []):
-        if not root.name.startswith("tiercache.l2."):  # the listener's self-probe PUBLISH
-            show(root, 0)
+        show(root, 0)
 
 
 def _traces(url: str | None, namespace: str, out: TextIO) -> None:
@@ -411,12 +410,13 @@ def _traces(url: str | None, namespace: str, out: TextIO) -> None:
         with tracer.start_as_current_span("demo.db.query"):  # the application's own span
             return load_product("product:1")
 
-    with _caches(url, namespace, out, announce=False) as (a, b):
+    with _caches(url, namespace, out, announce=False, trace_l1_hits=True) as (a, b):
         d = _Demo(out, a, b)
         d.step(title)
         d.say("An SDK TracerProvider was installed before these new caches A and B were built")
         d.say("(a cache decides at construction, then about once a second, whether spans are")
-        d.say("recorded). The loader opens a span of its own, demo.db.query.")
+        d.say("recorded), with trace_l1_hits=True so that L1 hits have spans too (off by")
+        d.say("default). The loader opens a span of its own, demo.db.query.")
         a.clear()
         b.get("warm-up")  # both listeners subscribed and their self-probes back: no stray span
         deadline = time.monotonic() + PROBE_WAIT
@@ -455,11 +455,17 @@ def _loader(sku: str) -> Callable[[], dict[str, Any]]:
 
 @contextmanager
 def _caches(
-    url: str | None, namespace: str, out: TextIO, announce: bool = True
+    url: str | None,
+    namespace: str,
+    out: TextIO,
+    announce: bool = True,
+    trace_l1_hits: bool = False,
 ) -> Iterator[tuple[TierCache, TierCache]]:
     """Caches A and B on one Redis (an embedded fakeredis server, or ``url``), closed after."""
     a_options: dict[str, Any] = {"namespace": namespace, "ttl": A_TTL, "l1_maxsize": L1_MAXSIZE}
     b_options: dict[str, Any] = {"namespace": namespace, "l1_ttl": B_L1_TTL}
+    for options in (a_options, b_options):
+        options["trace_l1_hits"] = trace_l1_hits
     with ExitStack() as stack:
         if url is None:
             import fakeredis

@@ -51,6 +51,7 @@ from .messages import (
     encode_message,
 )
 from .stats import RateLimitedLog
+from .telemetry import suppressed
 
 __all__ = [
     "FIRST_SUBSCRIBE_WAIT",
@@ -423,7 +424,10 @@ class Bus:
         self._probe_nonce = os.urandom(16)
         self._probe_deadline = now + PROBE_TIMEOUT
         try:
-            self.publish(OP_PROBE, self._probe_nonce)
+            # No span: the probe is the listener's own check, caused by no user request;
+            # traced, it would be a one-span root trace per worker per subscription.
+            with suppressed():
+                self.publish(OP_PROBE, self._probe_nonce)
         except L2Error as exc:
             self._probe_deadline = None
             self._log.warning("probe", "tiercache: could not publish the bus probe: %s", exc)

@@ -44,7 +44,7 @@ from .errors import CircuitOpenError, ConfigurationError, L2Error
 from .resilience import CLOSED, CircuitBreaker
 from .telemetry import Telemetry
 
-__all__ = ["CONFIG_ERRORS", "RedisTier", "misconfiguration", "server_of"]
+__all__ = ["CONFIG_ERRORS", "RedisTier", "db_of", "misconfiguration", "server_of"]
 
 R = TypeVar("R")
 
@@ -119,6 +119,16 @@ def server_of(client: Any) -> tuple[str, int] | None:
     return None
 
 
+def db_of(client: Any) -> int:
+    """The database number of a redis-py client (0 when unknown, and always on a cluster).
+
+    Since: 0.2.0
+    """
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    db = kwargs.get("db", 0)
+    return db if isinstance(db, int) else 0
+
+
 def _describe(operation: str, exc: BaseException) -> str:
     text = _without_arguments(exc)
     if isinstance(exc, RedisTimeoutError) and _handshake_timed_out(exc):
@@ -174,9 +184,7 @@ class RedisTier:
 
     def db(self) -> int:
         """The client's database number (0 when unknown, and always on a cluster)."""
-        kwargs = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", {})
-        db = kwargs.get("db", 0)
-        return db if isinstance(db, int) else 0
+        return db_of(self.client)
 
     def _call(self, operation: str, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         breaker = self.breaker
@@ -242,7 +250,8 @@ class RedisTier:
                 pipe.set(key, data, px=max(1, ttl_ms))
             pipe.execute()
 
-        self._call("SET (pipeline)", pipelined)
+        # Named as the database conventions name batches: PIPELINE + the one command.
+        self._call("SET" if len(items) == 1 else "PIPELINE SET", pipelined)
 
     def set_nx(self, key: str, data: bytes, ttl_ms: int) -> bool:
         """``SET key data NX PX ttl_ms``; whether it was set."""

@@ -144,7 +144,11 @@ class Loads:
                     first = reader.read(key)
                     if isinstance(first, Hit):
                         return self.serve_hit(key, loader, ttl, tags, first, ticket)
-        value, leader = self.flight.run(key, _Load(self, key, loader, ttl, tags, first).run)
+        try:
+            value, leader = self.flight.run(key, _Load(self, key, loader, ttl, tags, first).run)
+        except Exception:
+            self.counters.read_errors += 1  # the load failed and nothing could answer
+            raise
         if not leader:
             self.counters.load_waits += 1
             self.telemetry.answered("loader", "miss", **{ATTR_COALESCED: True})
@@ -155,11 +159,13 @@ class Loads:
         self.counters.l1_misses += 1
         reader = self.reader
         if reader is None:
+            self.counters.read_misses += 1
             self.telemetry.answered("l1", "miss")
             return default
         self.lifecycle.ready()
         assert self.invalidations is not None
         if not self.invalidations.usable():
+            self.counters.read_misses += 1
             return default
         with self.l1.ticket(key) as ticket:
             found = reader.read(key)
@@ -167,6 +173,7 @@ class Loads:
                 self.fill_from_l2(key, found, ticket)
                 self.answered_hit(found)
                 return found.entry.value
+            self.counters.read_misses += 1
             self.telemetry.answered("l2", "miss")
             return default
 
@@ -184,15 +191,18 @@ class Loads:
                 found[key] = entry[0]
             else:
                 missing.append(key)
-        self.counters.l1_hits += len(found)
+        l1_found = len(found)
+        self.counters.l1_hits += l1_found
         self.counters.l1_misses += len(missing)
         reader, invalidations = self.reader, self.invalidations
         if not missing or reader is None or invalidations is None or not invalidations.usable():
+            self.counters.read_misses += len(missing)
             return found
         # One lock round for all tickets, one for all fills, one for all releases.
         with self.l1.tickets(missing) as tickets:
             reads = reader.read_many(missing)
             if isinstance(reads, Failed):
+                self.counters.read_misses += len(missing)
                 return found
             fills = []
             wall = self.lifetimes.wall()
@@ -207,6 +217,7 @@ class Loads:
                         fills.append((key, hit.value, life.l1_ttl, ticket, tags, life.stale_for))
             if fills:
                 self.l1.fill_many(fills)
+        self.counters.read_misses += len(missing) + l1_found - len(found)
         return found
 
     # -- shared by the loads ---------------------------------------------------------------
@@ -371,6 +382,7 @@ class _Load:
         with loads.l1.ticket(self.key) as ticket:
             entry = loads.l1.get(self.key)  # a previous leader may have filled it meanwhile
             if entry is not None:
+                loads.counters.l1_hits += 1
                 loads.telemetry.answered("l1", "hit")
                 return entry[0]
             held, value = loads.l1.held_value(self.key)
@@ -481,6 +493,7 @@ class _Load:
                 return self._fail_safe(fallback, ticket, error)
             raise error
         value, prepared = outcome
+        loads.counters.loads_served += 1
         if prepared is None:
             if writer is not None:
                 loads.abort(writer)
@@ -526,6 +539,7 @@ class _Load:
             return loads.serve_stale(self.key, fallback, ticket)
         entry = loads.l1.get(self.key)
         if entry is not None:
+            loads.counters.l1_hits += 1
             loads.telemetry.answered("l1", "hit")
             return entry[0]
         reader, invalidations = loads.reader, loads.invalidations

@@ -74,14 +74,17 @@ class Memoized(Generic[P, R]):
                 KeyCollisionWarning,
                 stacklevel=3,
             )
+        # code.function.name wants the fully qualified name: module + qualname.
+        target = getattr(func, "func", func) if isinstance(func, functools.partial) else func
+        module = getattr(target, "__module__", None) or type(target).__module__
+        self._span_attributes = {ATTR_FUNCTION: f"{module}.{qualname}"}
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         key = self._keyer(args, kwargs)
         cache = self._cache()
         telemetry = cache._telemetry
         if telemetry.tracing and telemetry.trace_l1_hits:
-            attributes = {ATTR_FUNCTION: self._label}
-            with telemetry.span(SPAN_MEMOIZE, key, attributes):
+            with telemetry.span(SPAN_MEMOIZE, key, self._span_attributes):
                 return cache.get_or_set(
                     key, lambda: self._func(*args, **kwargs), self._ttl, tags=self._tags
                 )

@@ -185,7 +185,7 @@ class Settings:
         background_workers: object = DEFAULT_BACKGROUND_WORKERS,
         telemetry: object = True,
         record_keys: object = None,
-        trace_l1_hits: object = True,
+        trace_l1_hits: object = False,
         timer: object = None,
     ) -> Settings:
         """Validate every option; raise `TypeError`/`ValueError` naming it."""

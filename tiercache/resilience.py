@@ -140,6 +140,8 @@ class CircuitBreaker:
         self.state = CLOSED
         self.consecutive = 0
         self._probing = False
+        self.opens = 0  # a forked child's stats() count from zero
+        self.skipped = 0
 
     def __repr__(self) -> str:
         return (

@@ -1,7 +1,7 @@
 """Plain counters behind ``TierCache.stats()``, and a rate-limited logger for L2 trouble.
 
 Counters are bumped without a lock: ``x += 1`` on an attribute is not atomic in theory, but
-on CPython with the GIL it lost 0 of 1.6 M increments from 8 threads (field-notes 15), and a
+on CPython with the GIL it lost 0 of 1.6 M increments from 8 threads (measured), and a
 lock here would cost more than the hit it counts.
 """
 
@@ -42,6 +42,9 @@ COUNTERS = (
     "refreshes",
     "refresh_errors",
     "unstorable",
+    "loads_served",
+    "read_misses",
+    "read_errors",
 )
 
 
@@ -79,6 +82,17 @@ class Counters:
         self.refresh_errors = 0
         #: Loaded values returned uncached because they cannot be stored.
         self.unstorable = 0
+        # Per read, by how it was answered (with l1_hits, l2_hits, load_waits and
+        # stale_serves, one count per key read: what tiercache.requests reports).
+        self.loads_served = 0
+        self.read_misses = 0
+        self.read_errors = 0
+
+    def reset(self) -> None:
+        """Zero every counter in place (a forked child starts counting from zero; the
+        object is shared with the cache's parts, so it is not replaced)."""
+        for name in COUNTERS:
+            setattr(self, name, 0)
 
     def snapshot(self) -> dict[str, int]:
         """The counters as a plain dict."""

@@ -1,25 +1,33 @@
 """OpenTelemetry spans and metrics, through ``opentelemetry-api`` only, and nearly free when
 nobody records them.
 
-Spans: every public operation opens one (`SPAN_NAMES`), with child spans for each Redis
-round trip (database semantic conventions: ``db.system.name``, ``db.operation.name``,
-``server.address``, ``server.port``) and for the loader, so the loader's own database spans
-nest under it. Attributes say which tier answered (`ATTR_TIER`: l1, l2, loader, stale) and
+Spans: every public operation opens one (`SPAN_NAMES`), with a child for the loader, so the
+loader's own database spans nest under it, and a ``CLIENT`` child for each Redis round trip,
+named and described as the OpenTelemetry database conventions say for Redis (span name
+``GET``, ``PIPELINE SET``, ``EVALSHA lease_write``; ``db.system.name``, ``db.namespace``,
+``db.operation.name``, ``db.stored_procedure.name`` for scripts, ``server.address``,
+``server.port``, and the legacy ``db.system`` that several backends still use to recognise a
+database call). Attributes say which tier answered (`ATTR_TIER`: l1, l2, loader, stale) and
 whether it was a hit (`ATTR_RESULT`). Raw keys are never recorded unless asked
-(``record_keys="hash"`` records a BLAKE2b digest, ``"raw"`` the key itself).
+(``record_keys="hash"`` records a BLAKE2b digest, ``"raw"`` the key itself); for the same
+reason an exception's message (a loader's ``KeyError(key)``) is left out of span events
+unless ``record_keys="raw"``, but for tiercache's Redis and timeout errors.
 
-Cost. A no-op ``start_as_current_span`` costs ~3.5 us, eight L1 hits (field-notes 13), so
-the cache does not open spans while no SDK is installed: `Telemetry.refresh` asks
-``trace.get_tracer_provider()`` whether it is still the API's proxy about once a second
-(from the read path's housekeeping tick, field-notes 17), and spans for L1 hits are
-switched on by swapping the cache's ``get_or_set``/``get`` for traced versions on the
-instance, so an untraced hit pays nothing at all.
+Cost. A no-op ``start_as_current_span`` costs about eight L1 hits (~3.5 us against ~0.44 us
+for a locked cachetools hit, Python 3.11, opentelemetry-api 1.45), so the cache does not open
+spans while no SDK is installed: `Telemetry.refresh` asks ``trace.get_tracer_provider()``
+whether it is still the API's proxy about once a second (from the read path's housekeeping
+tick, which already reads the clock), and spans for L1 hits (only with
+``trace_l1_hits=True``) are switched on by swapping the cache's ``get_or_set``/``get`` for
+traced versions on the instance, so an untraced hit pays nothing at all. A forked child
+re-checks on its first call (`Telemetry.after_fork`).
 
 Metrics: counters are observable instruments whose callbacks read the same plain counters
 as ``stats()`` (so the two always agree, and the hot path pays nothing); durations of L2
-round trips and loads are recorded in one histogram, `METRIC_DURATION` (seconds). L1 hits
-are not timed one by one: reading the clock twice would add 60% to a hit (field-notes 17);
-their count and ratio are in `METRIC_REQUESTS`.
+round trips and loads are recorded in one histogram, `METRIC_DURATION` (seconds, with bucket
+boundaries for a cache: `DURATION_BUCKETS`). L1 hits are not timed one by one: reading the
+clock twice would add about 60% to a hit; their count is in `METRIC_REQUESTS`, which counts
+each read once, with the tier that answered it.
 """
 
 from __future__ import annotations
@@ -27,13 +35,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import os
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, Protocol, TypeVar
 
-from opentelemetry import metrics, trace
+from opentelemetry import context, metrics, trace
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import (
     NoOpTracerProvider,
@@ -44,6 +55,7 @@ from opentelemetry.trace import (
 )
 
 from ._version import __version__
+from .errors import L2Error, LoaderTimeoutError
 
 __all__ = [
     "ATTR_COALESCED",
@@ -56,6 +68,7 @@ __all__ = [
     "ATTR_RESULT",
     "ATTR_TIER",
     "ATTR_VALUE_SIZE",
+    "DURATION_BUCKETS",
     "METER_NAME",
     "METRIC_BREAKER",
     "METRIC_DURATION",
@@ -74,7 +87,6 @@ __all__ = [
     "SPAN_GET_MANY",
     "SPAN_GET_OR_SET",
     "SPAN_INVALIDATE_TAGS",
-    "SPAN_L2_PREFIX",
     "SPAN_LOAD",
     "SPAN_MEMOIZE",
     "SPAN_NAMES",
@@ -85,7 +97,9 @@ __all__ = [
     "Telemetry",
     "forget",
     "observe",
+    "qualified_name",
     "spanned",
+    "suppressed",
     "tracing_installed",
 ]
 
@@ -102,8 +116,8 @@ SPAN_INVALIDATE_TAGS = "tiercache.invalidate_tags"
 SPAN_CLEAR = "tiercache.clear"
 SPAN_MEMOIZE = "tiercache.memoize"
 SPAN_LOAD = "tiercache.load"
-SPAN_L2_PREFIX = "tiercache.l2."  # + the lower-case Redis operation, e.g. tiercache.l2.get
-#: Every span name tiercache uses (L2 spans: ``tiercache.l2.<operation>``).
+#: Every operation span name tiercache uses. Redis spans are named after the command, as
+#: the database conventions say (``GET``, ``MGET``, ``PIPELINE SET``, ``EVALSHA lease_write``).
 SPAN_NAMES = (
     SPAN_GET_OR_SET,
     SPAN_GET,
@@ -140,9 +154,34 @@ METRIC_L2_ERRORS = "tiercache.l2.errors"
 METRIC_BREAKER = "tiercache.breaker.open"
 METRIC_L1_ENTRIES = "tiercache.l1.entries"
 
+#: Bucket boundaries of `METRIC_DURATION`, in seconds: from 0.1 ms (a Redis round trip on
+#: loopback is 0.1-3 ms) to 10 s (a slow load), given to the SDK as advice. Without it the SDK
+#: uses boundaries meant for milliseconds (0, 5, 10, 25, ... 10000), which put every Redis call
+#: and every load under 5 s into one bucket.
+DURATION_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
 RecordKeys = Literal["hash", "raw"] | None
 #: Seconds between two checks of whether an SDK is installed.
 REFRESH_INTERVAL = 1.0
+#: What replaces an exception's message in span events (see `_record_error`).
+OMITTED_MESSAGE = "(message omitted: it may hold keys or values; record_keys='raw' keeps it)"
 
 _tracer = trace.get_tracer(TRACER_NAME, __version__)
 # Reusable: a nullcontext holds no state.
@@ -174,6 +213,8 @@ class Telemetry:
         "_base",
         "_duration_attrs",
         "_l2_base",
+        "_l2_shapes",
+        "_raw_messages",
         "_record_keys",
         "enabled",
         "next_refresh",
@@ -189,13 +230,26 @@ class Telemetry:
         record_keys: RecordKeys,
         trace_l1_hits: bool,
         server: tuple[str, int] | None,
+        database: int | None = None,
     ) -> None:
         self.enabled = enabled
         self.trace_l1_hits = trace_l1_hits
         self._record_keys = record_keys
+        self._raw_messages = record_keys == "raw"
         self._base: dict[str, Any] = {ATTR_NAMESPACE: namespace}
-        self._l2_base: dict[str, Any] = {"db.system.name": "redis", ATTR_NAMESPACE: namespace}
+        # ``db.system`` is the pre-1.26 name of ``db.system.name``: New Relic's database
+        # pages, Tempo's service graph and Datadog's span types still recognise a database
+        # call by it, so both are sent.
+        self._l2_base: dict[str, Any] = {
+            "db.system.name": "redis",
+            "db.system": "redis",
+            ATTR_NAMESPACE: namespace,
+        }
+        if database is not None:
+            # The index the client was configured with: tiercache never sends SELECT.
+            self._l2_base["db.namespace"] = str(database)
         self._duration_attrs: dict[tuple[str, str], dict[str, Any]] = {}
+        self._l2_shapes: dict[str, tuple[str, dict[str, Any]]] = {}
         if server is not None:
             self._l2_base["server.address"], self._l2_base["server.port"] = server
         #: Whether spans are recorded now (an SDK is installed and telemetry is on).
@@ -211,6 +265,12 @@ class Telemetry:
         changed = tracing != self.tracing
         self.tracing = tracing
         return changed
+
+    def after_fork(self) -> None:
+        """In a forked child: re-check on the next call whether spans are recorded. The
+        parent's deadline may be up to a second away, and an SDK installed in the child (a
+        gunicorn ``post_fork`` hook) must trace the child's very first request."""
+        self.next_refresh = 0.0
 
     # -- spans -------------------------------------------------------------------------
 
@@ -237,19 +297,41 @@ class Telemetry:
             )
         if attributes:
             attrs.update(attributes)
-        with _recorded(name, SpanKind.INTERNAL, attrs) as span:
+        with _recorded(name, SpanKind.INTERNAL, attrs, self._raw_messages) as span:
             yield span
+
+    def _l2_shape(self, operation: str) -> tuple[str, dict[str, Any]]:
+        """The span name and attributes of a Redis operation, built once per operation.
+
+        ``operation`` is what ``l2.py`` calls it: a command (``GET``, ``SET NX``), a pipeline
+        of one command (``PIPELINE SET``), or a script (``EVALSHA lease write``). The span is
+        named ``{db.operation.name} {target}`` with the script as the target (the database
+        index is left out of names, as the Redis conventions ask), so span metrics tell the
+        scripts apart."""
+        shape = self._l2_shapes.get(operation)
+        if shape is None:
+            command, _, detail = operation.partition(" ")
+            attrs = dict(self._l2_base)
+            attrs[ATTR_OPERATION] = operation
+            name = command
+            if command == "EVALSHA" and detail:
+                script = detail.replace("-", "_").replace(" ", "_")
+                attrs["db.stored_procedure.name"] = script
+                name = f"{command} {script}"
+            elif command == "PIPELINE" and detail:
+                name = command = operation  # the conventions' name for a batch of one command
+            attrs["db.operation.name"] = command
+            shape = (name, attrs)
+            self._l2_shapes[operation] = shape
+        return shape
 
     @contextlib.contextmanager
     def l2_span(self, operation: str) -> Iterator[None]:
         """A client span around one Redis round trip, plus its duration metric."""
-        command = operation.split()[0]
-        attrs = dict(self._l2_base)
-        attrs["db.operation.name"] = command
-        attrs[ATTR_OPERATION] = operation
+        name, attrs = self._l2_shape(operation)
         with (
             self._timed("l2", operation),
-            _recorded(SPAN_L2_PREFIX + command.lower(), SpanKind.CLIENT, attrs),
+            _recorded(name, SpanKind.CLIENT, attrs, self._raw_messages),
         ):
             yield
 
@@ -261,7 +343,7 @@ class Telemetry:
             if not self.tracing:
                 yield
                 return
-            with _recorded(SPAN_LOAD, SpanKind.INTERNAL, self._base):
+            with _recorded(SPAN_LOAD, SpanKind.INTERNAL, self._base, self._raw_messages):
                 yield
 
     @contextlib.contextmanager
@@ -320,8 +402,25 @@ def spanned(name: str) -> Callable[[F], F]:
 
 
 @contextlib.contextmanager
-def _recorded(name: str, kind: SpanKind, attributes: Mapping[str, Any]) -> Iterator[trace.Span]:
+def suppressed() -> Iterator[None]:
+    """Run the block with instrumentation suppressed: tiercache opens no span in it, and
+    neither do instrumentations that honour the same context key (redis-py's, for one).
+    Used for the bus self-probe, which no user request caused."""
+    token = context.attach(context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
+@contextlib.contextmanager
+def _recorded(
+    name: str, kind: SpanKind, attributes: Mapping[str, Any], raw_messages: bool
+) -> Iterator[trace.Span]:
     """A current span that records an exception escaping it (status ERROR, error.type)."""
+    if context.get_value(_SUPPRESS_INSTRUMENTATION_KEY):
+        yield trace.INVALID_SPAN
+        return
     with _tracer.start_as_current_span(
         name,
         kind=kind,
@@ -332,18 +431,65 @@ def _recorded(name: str, kind: SpanKind, attributes: Mapping[str, Any]) -> Itera
         try:
             yield span
         except BaseException as exc:
-            _record_error(span, exc)
+            _record_error(span, exc, raw_messages)
             raise
 
 
-def _record_error(span: trace.Span, exc: BaseException) -> None:
+# Exceptions whose messages tiercache writes from its own words, Redis' replies and
+# durations, never from a key or a value: recorded as they are.
+_OWN_MESSAGES = (L2Error, LoaderTimeoutError)
+
+
+def qualified_name(obj: Any) -> str:
+    """``module.qualname`` of a class or function (just the name for builtins), as the
+    ``error.type`` and ``code.function.name`` conventions want it."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", repr(obj))
+    return f"{module}.{qualname}" if module and module != "builtins" else str(qualname)
+
+
+def _record_error(span: trace.Span, exc: BaseException, raw_messages: bool) -> None:
+    """Mark ``span`` as failed by ``exc``, which escapes it.
+
+    ``error.type`` names the original exception when tiercache wrapped a Redis error in
+    `L2Error` (the conventions prefer the cause). Any other message may hold a key or a value
+    (a loader's ``KeyError(key)``, a serializer's complaint about a value): unless
+    ``record_keys="raw"``, it is replaced in the event, and so is the last line of each
+    exception in the stack trace, which repeats it; the type and the frames stay."""
     try:
-        if span.is_recording():
-            span.set_attribute("error.type", type(exc).__qualname__)
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        if not span.is_recording():
+            return
+        cause = exc.__cause__ if isinstance(exc, L2Error) else None
+        span.set_attribute("error.type", qualified_name(type(cause or exc)))
+        extra: dict[str, Any] = {}
+        if not raw_messages and not isinstance(exc, _OWN_MESSAGES):
+            extra["exception.message"] = OMITTED_MESSAGE
+            extra["exception.stacktrace"] = _stack_without_messages(exc)
+        span.record_exception(exc, attributes=extra or None, escaped=True)
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
     except Exception:
         pass
+
+
+def _stack_without_messages(exc: BaseException) -> str:
+    """The traceback of ``exc`` and of the exceptions it chains, messages left out."""
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    parts: list[str] = []
+    for error in reversed(chain):
+        if parts:
+            parts.append("\nThen, while handling it or because of it:\n\n")
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_tb(error.__traceback__))
+        parts.append(f"{qualified_name(type(error))}: {OMITTED_MESSAGE}\n")
+    return "".join(parts)
 
 
 def _digest(key: str) -> str:
@@ -357,10 +503,18 @@ class _Instruments:
     def __init__(self) -> None:
         meter = metrics.get_meter(METER_NAME, __version__)
         self.duration = meter.create_histogram(
-            METRIC_DURATION, unit="s", description="Duration of L2 round trips and loads"
+            METRIC_DURATION,
+            unit="s",
+            description="Duration of L2 round trips and loads",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         counters: list[tuple[str, str, str, Callable[[_Observed], Iterable[Observation]]]] = [
-            (METRIC_REQUESTS, "{request}", "Reads by tier and result", _requests),
+            (
+                METRIC_REQUESTS,
+                "{request}",
+                "Reads (one per key read), by the tier that answered and the result",
+                _requests,
+            ),
             (METRIC_LOADS, "{load}", "Loader calls", _stat("loads")),
             (METRIC_LOAD_ERRORS, "{load}", "Loader calls that raised", _stat("load_errors")),
             (METRIC_STALE, "{request}", "Stale values served (fail-safe)", _stat("stale_serves")),
@@ -441,11 +595,24 @@ class _Totals:
 
     def __init__(self, read: Callable[[_Observed], Iterable[Observation]]) -> None:
         self._read = read
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        """Forget the closed instances' counts: in a forked child they are the parent's,
+        and the child's counters start from zero (its caches reset theirs at the fork). A
+        fresh lock too, since a parent thread may have held it."""
+        self._pid = os.getpid()
         # Guards _retired: the final counts of closed instances.
         self._lock = threading.Lock()
         self._retired: dict[_Group, tuple[float, Mapping[str, Any]]] = {}
 
+    def _check_pid(self) -> None:
+        # Where fork hooks do not run (uWSGI without lazy-apps), the pid tells.
+        if self._pid != os.getpid():
+            self.after_fork()
+
     def retire(self, cache: _Observed) -> None:
+        self._check_pid()
         try:
             points = list(self._read(cache))
         except Exception:  # telemetry must never break close()
@@ -454,9 +621,22 @@ class _Totals:
             _add(self._retired, points)
 
     def callback(self, options: CallbackOptions) -> Iterable[Observation]:
+        self._check_pid()
         with self._lock:
             totals = dict(self._retired)
         return _observe(self._read, totals)
+
+
+def _forget_retired_totals() -> None:
+    """Forget every closed instance's counts (in a forked child: they are the parent's)."""
+    made = _made
+    if made is not None:
+        for totals in made.monotonic:
+            totals.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_retired_totals)
 
 
 def _add(
@@ -502,14 +682,20 @@ def _stat(name: str) -> Callable[[_Observed], Iterable[Observation]]:
 
 
 def _requests(cache: _Observed) -> Iterable[Observation]:
+    """One count per key read, by who answered it, so that the series add up to the reads:
+    each ``get``/``get_or_set``/memoized call (and each key of a ``get_many``) is counted
+    once, never once per tier it looked in, and a stale serve is not also a miss."""
     stats = cache.stats()
     ns = cache.namespace
+    # A read that found nothing was last refused by L2, or by L1 when there is no L2.
+    missed_in = "l2" if "breaker_state" in stats else "l1"
     for tier, result, count in (
         ("l1", "hit", stats["l1_hits"]),
-        ("l1", "miss", stats["l1_misses"]),
         ("l2", "hit", stats["l2_hits"]),
-        ("l2", "miss", stats["l2_misses"]),
+        ("loader", "miss", stats["loads_served"] + stats["load_waits"]),
         ("stale", "stale", stats["stale_serves"]),
+        (missed_in, "miss", stats["read_misses"]),
+        ("loader", "error", stats["read_errors"]),
     ):
         yield Observation(count, {ATTR_NAMESPACE: ns, ATTR_TIER: tier, ATTR_RESULT: result})
 

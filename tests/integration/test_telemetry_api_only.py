@@ -234,7 +234,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 server = fakeredis.FakeServer()
-cache = TierCache(fakeredis.FakeRedis(server=server), namespace="late")
+cache = TierCache(fakeredis.FakeRedis(server=server), namespace="late", trace_l1_hits=True)
 cache.set("k", 1)
 before = sorted(set(vars(cache)) & {"get_or_set", "get"})
 

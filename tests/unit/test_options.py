@@ -106,6 +106,7 @@ def test_defaults_are_documented_values() -> None:
     assert settings.l1_maxsize == 10_000
     assert settings.max_key_length == 1024
     assert settings.max_value_bytes == 32 * 1024 * 1024
+    assert settings.trace_l1_hits is False  # L1 hits counted, not traced (span volume)
 
 
 TEN_YEARS = 10 * 365 * 24 * 3600
