@@ -288,9 +288,11 @@ class TierCache:
             if entry is not None:
                 self._counters.l1_hits += 1
                 return entry[0]  # type: ignore[no-any-return]
-        with self._telemetry.span(SPAN_GET_OR_SET, checked):
+        if not self._telemetry.tracing:  # kept current by the read path's tick
             value: T = self._loads.get_or_set(checked, loader, ttl_s, tag_list)
             return value
+        with self._telemetry.span(SPAN_GET_OR_SET, checked):
+            return self._loads.get_or_set(checked, loader, ttl_s, tag_list)  # type: ignore[no-any-return]
 
     def _get_miss(self, key: Any, default: Any) -> Any:
         checked = check_key(key, self._settings.max_key_length)
@@ -300,6 +302,8 @@ class TierCache:
             if entry is not None:
                 self._counters.l1_hits += 1
                 return entry[0]
+        if not self._telemetry.tracing:  # kept current by the read path's tick
+            return self._loads.get(checked, default)
         with self._telemetry.span(SPAN_GET, checked):
             return self._loads.get(checked, default)
 

@@ -196,6 +196,8 @@ class RedisTier:
         if telemetry.tracing:
             with telemetry.l2_span(operation):
                 return self._attempt(operation, fn, *args, **kwargs)
+        if not telemetry.metering:
+            return self._attempt(operation, fn, *args, **kwargs)
         started = time.perf_counter()
         try:
             return self._attempt(operation, fn, *args, **kwargs)

@@ -96,6 +96,7 @@ __all__ = [
     "RecordKeys",
     "Telemetry",
     "forget",
+    "metering_installed",
     "observe",
     "qualified_name",
     "spanned",
@@ -197,6 +198,12 @@ class _Observed(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
+def metering_installed() -> bool:
+    """Whether an SDK (or any real meter provider) is installed: the API's own providers
+    (the proxy it hands out before one is set, and the no-op one) record nothing."""
+    return not type(metrics.get_meter_provider()).__module__.startswith("opentelemetry.metrics")
+
+
 def tracing_installed() -> bool:
     """Whether an SDK (or any real tracer provider) is installed: public API only."""
     provider = trace.get_tracer_provider()
@@ -217,6 +224,7 @@ class Telemetry:
         "_raw_messages",
         "_record_keys",
         "enabled",
+        "metering",
         "next_refresh",
         "trace_l1_hits",
         "tracing",
@@ -254,6 +262,9 @@ class Telemetry:
             self._l2_base["server.address"], self._l2_base["server.port"] = server
         #: Whether spans are recorded now (an SDK is installed and telemetry is on).
         self.tracing = False
+        #: Whether metric points are recorded now (a meter provider is installed): durations
+        #: are not even timed while nobody records them.
+        self.metering = False
         self.next_refresh = 0.0
         if enabled:
             _instruments()  # create the shared instruments once, before any recording
@@ -264,6 +275,7 @@ class Telemetry:
         tracing = self.enabled and tracing_installed()
         changed = tracing != self.tracing
         self.tracing = tracing
+        self.metering = self.enabled and metering_installed()
         return changed
 
     def after_fork(self) -> None:
@@ -339,6 +351,9 @@ class Telemetry:
     def load_span(self) -> Iterator[None]:
         """A span around the loader (its own spans nest under it, when spans are recorded),
         plus its duration metric."""
+        if not self.tracing and not self.metering:
+            yield
+            return
         with self._timed("loader", "load"):
             if not self.tracing:
                 yield
