@@ -20,6 +20,8 @@ from .codec import Serializer
 from .coherence import Coherence
 from .keys import check_key, check_keys, check_tags
 from .l2 import RedisTier
+from .metrics import forget as stop_metrics
+from .metrics import observe as report_metrics
 from .options import Breaker, Duration, Settings, check_optional_ttl
 from .resilience import CLOSED
 from .telemetry import (
@@ -38,8 +40,6 @@ from .telemetry import (
     RecordKeys,
     Telemetry,
 )
-from .telemetry import forget as stop_metrics
-from .telemetry import observe as report_metrics
 
 __all__ = ["TierCache"]
 
@@ -469,6 +469,32 @@ class TierCache:
         if self._coherence is not None:
             snapshot.update(self._coherence.bus.health())
         return snapshot
+
+    def _metric_counts(self) -> dict[str, int]:
+        """The counters the metric instruments read (``metrics.py``): only those, so a
+        collection does not build the whole of `stats` once per instrument."""
+        self._lifecycle.forked()  # no fork hook ran (uWSGI): the parent's counts are not ours
+        c = self._counters
+        counts = {
+            "l1_hits": c.l1_hits + self._l1_hits,
+            "l2_hits": c.l2_hits,
+            "loads": c.loads,
+            "load_errors": c.load_errors,
+            "loads_served": c.loads_served,
+            "load_waits": c.load_waits,
+            "stale_serves": c.stale_serves,
+            "read_misses": c.read_misses,
+            "read_errors": c.read_errors,
+            "l2_errors": c.l2_errors,
+            "l2_write_errors": c.l2_write_errors,
+            "l1_size": len(self._l1),
+        }
+        if self._breaker is not None:
+            counts["breaker_state"] = self._breaker.state
+            counts["breaker_open"] = int(self._breaker.state != CLOSED)
+        if self._coherence is not None:
+            counts.update(self._coherence.bus.health())
+        return counts
 
     def memoize(
         self,

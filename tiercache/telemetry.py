@@ -22,12 +22,10 @@ tick, which already reads the clock), and spans for L1 hits (only with
 traced versions on the instance, so an untraced hit pays nothing at all. A forked child
 re-checks on its first call (`Telemetry.after_fork`).
 
-Metrics: counters are observable instruments whose callbacks read the same plain counters
-as ``stats()`` (so the two always agree, and the hot path pays nothing); durations of L2
-round trips and loads are recorded in one histogram, `METRIC_DURATION` (seconds, with bucket
-boundaries for a cache: `DURATION_BUCKETS`). L1 hits are not timed one by one: reading the
-clock twice would add about 60% to a hit; their count is in `METRIC_REQUESTS`, which counts
-each read once, with the tier that answered it.
+Metric names live here with the span names (`METRIC_NAMES`); the instruments and the registry
+of caches they report are in ``metrics.py``. Durations of L2 round trips and loads are
+recorded in one histogram, `METRIC_DURATION` (seconds, with bucket boundaries for a cache:
+`DURATION_BUCKETS`), and only while a meter provider records them (`Telemetry.metering`).
 """
 
 from __future__ import annotations
@@ -35,17 +33,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import os
-import threading
 import time
 import traceback
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal, Protocol, TypeVar
 
 from opentelemetry import context, metrics, trace
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import (
     NoOpTracerProvider,
     ProxyTracerProvider,
@@ -95,9 +89,7 @@ __all__ = [
     "TRACER_NAME",
     "RecordKeys",
     "Telemetry",
-    "forget",
     "metering_installed",
-    "observe",
     "qualified_name",
     "spanned",
     "suppressed",
@@ -189,15 +181,6 @@ _tracer = trace.get_tracer(TRACER_NAME, __version__)
 _NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
-class _Observed(Protocol):
-    """What the metric callbacks read: a cache's namespace and plain counters."""
-
-    @property
-    def namespace(self) -> str: ...
-
-    def stats(self) -> dict[str, int]: ...
-
-
 def metering_installed() -> bool:
     """Whether an SDK (or any real meter provider) is installed: the API's own providers
     (the proxy it hands out before one is set, and the no-op one) record nothing."""
@@ -219,6 +202,7 @@ class Telemetry:
     __slots__ = (
         "_base",
         "_duration_attrs",
+        "_histogram",
         "_l2_base",
         "_l2_shapes",
         "_raw_messages",
@@ -267,7 +251,10 @@ class Telemetry:
         self.metering = False
         self.next_refresh = 0.0
         if enabled:
-            _instruments()  # create the shared instruments once, before any recording
+            from .metrics import duration_histogram
+
+            # The shared instruments are created once, before any recording.
+            self._histogram: Any = duration_histogram()
 
     def refresh(self, now: float) -> bool:
         """Re-check whether spans are recorded; True if that changed."""
@@ -390,7 +377,7 @@ class Telemetry:
                 attrs = {ATTR_NAMESPACE: self._base[ATTR_NAMESPACE], ATTR_TIER: tier}
                 attrs[ATTR_OPERATION] = operation
                 self._duration_attrs[(tier, operation)] = attrs
-            _instruments().duration.record(seconds, attrs)
+            self._histogram.record(seconds, attrs)
         except Exception:  # telemetry must never break the cache
             pass
 
@@ -509,229 +496,3 @@ def _stack_without_messages(exc: BaseException) -> str:
 
 def _digest(key: str) -> str:
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-
-
-# -- metrics: shared instruments reading every live cache's counters -------------------------
-
-
-class _Instruments:
-    def __init__(self) -> None:
-        meter = metrics.get_meter(METER_NAME, __version__)
-        self.duration = meter.create_histogram(
-            METRIC_DURATION,
-            unit="s",
-            description="Duration of L2 round trips and loads",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        counters: list[tuple[str, str, str, Callable[[_Observed], Iterable[Observation]]]] = [
-            (
-                METRIC_REQUESTS,
-                "{request}",
-                "Reads (one per key read), by the tier that answered and the result",
-                _requests,
-            ),
-            (METRIC_LOADS, "{load}", "Loader calls", _stat("loads")),
-            (METRIC_LOAD_ERRORS, "{load}", "Loader calls that raised", _stat("load_errors")),
-            (METRIC_STALE, "{request}", "Stale values served (fail-safe)", _stat("stale_serves")),
-            (METRIC_INV_SENT, "{message}", "Invalidation messages sent", _sent),
-            (
-                METRIC_INV_RECEIVED,
-                "{message}",
-                "Invalidation messages received from other instances",
-                _received,
-            ),
-            (METRIC_L2_ERRORS, "{error}", "Failed Redis reads and writes", _l2_errors),
-        ]
-        #: Monotonic counters: a closed cache's last totals are kept (see `forget`).
-        self.monotonic: list[_Totals] = []
-        for name, unit, description, read in counters:
-            totals = _Totals(read)
-            self.monotonic.append(totals)
-            meter.create_observable_counter(
-                name, callbacks=[totals.callback], unit=unit, description=description
-            )
-        meter.create_observable_up_down_counter(
-            METRIC_BREAKER,
-            callbacks=[_callback(_stat("breaker_open"))],
-            unit="{instance}",
-            description="Cache instances whose circuit breaker is not closed (open or probing)",
-        )
-        meter.create_observable_up_down_counter(
-            METRIC_L1_ENTRIES,
-            callbacks=[_callback(_stat("l1_size"))],
-            unit="{entry}",
-            description="Entries held in L1",
-        )
-
-
-_observed: weakref.WeakSet[_Observed] = weakref.WeakSet()
-# Guards _made (instruments are created once per process).
-_made_lock = threading.Lock()
-_made: _Instruments | None = None
-
-
-def _instruments() -> _Instruments:
-    global _made
-    made = _made
-    if made is None:
-        with _made_lock:
-            if _made is None:
-                _made = _Instruments()
-            made = _made
-    return made
-
-
-def observe(cache: _Observed) -> None:
-    """Report ``cache``'s counters through the shared observable instruments while it lives.
-
-    Since: 0.1.0
-    """
-    _instruments()
-    _observed.add(cache)
-
-
-def forget(cache: _Observed) -> None:
-    """Stop reporting ``cache`` (it was closed). Its counts so far stay in the monotonic
-    counters: a sum that went down would read as a counter reset (a spike in ``rate()``).
-
-    Since: 0.1.0
-    """
-    if cache in _observed:
-        _observed.discard(cache)
-        for totals in _instruments().monotonic:
-            totals.retire(cache)
-
-
-_Group = frozenset[tuple[str, Any]]
-
-
-class _Totals:
-    """One monotonic counter over every instance, live or closed, summed per attribute set."""
-
-    def __init__(self, read: Callable[[_Observed], Iterable[Observation]]) -> None:
-        self._read = read
-        self.after_fork()
-
-    def after_fork(self) -> None:
-        """Forget the closed instances' counts: in a forked child they are the parent's,
-        and the child's counters start from zero (its caches reset theirs at the fork). A
-        fresh lock too, since a parent thread may have held it."""
-        self._pid = os.getpid()
-        # Guards _retired: the final counts of closed instances.
-        self._lock = threading.Lock()
-        self._retired: dict[_Group, tuple[float, Mapping[str, Any]]] = {}
-
-    def _check_pid(self) -> None:
-        # Where fork hooks do not run (uWSGI without lazy-apps), the pid tells.
-        if self._pid != os.getpid():
-            self.after_fork()
-
-    def retire(self, cache: _Observed) -> None:
-        self._check_pid()
-        try:
-            points = list(self._read(cache))
-        except Exception:  # telemetry must never break close()
-            return
-        with self._lock:
-            _add(self._retired, points)
-
-    def callback(self, options: CallbackOptions) -> Iterable[Observation]:
-        self._check_pid()
-        with self._lock:
-            totals = dict(self._retired)
-        return _observe(self._read, totals)
-
-
-def _forget_retired_totals() -> None:
-    """Forget every closed instance's counts (in a forked child: they are the parent's)."""
-    made = _made
-    if made is not None:
-        for totals in made.monotonic:
-            totals.after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_retired_totals)
-
-
-def _add(
-    totals: dict[_Group, tuple[float, Mapping[str, Any]]], points: Iterable[Observation]
-) -> None:
-    for point in points:
-        attrs = point.attributes or {}
-        group = frozenset(attrs.items())
-        total = totals.get(group, (0, attrs))[0]
-        totals[group] = (total + point.value, attrs)
-
-
-def _observe(
-    read: Callable[[_Observed], Iterable[Observation]],
-    totals: dict[_Group, tuple[float, Mapping[str, Any]]],
-) -> list[Observation]:
-    # Several instances may share a namespace: one point per attribute set, summed.
-    for cache in list(_observed):
-        try:
-            points = list(read(cache))
-        except Exception:  # a metric callback must never raise into the SDK
-            continue
-        _add(totals, points)
-    return [Observation(value, attrs) for value, attrs in totals.values()]
-
-
-def _callback(
-    read: Callable[[_Observed], Iterable[Observation]],
-) -> Callable[[CallbackOptions], Iterable[Observation]]:
-    def callback(_options: CallbackOptions) -> Iterable[Observation]:
-        return _observe(read, {})
-
-    return callback
-
-
-def _stat(name: str) -> Callable[[_Observed], Iterable[Observation]]:
-    def read(cache: _Observed) -> Iterable[Observation]:
-        stats = cache.stats()
-        if name in stats:
-            yield Observation(stats[name], {ATTR_NAMESPACE: cache.namespace})
-
-    return read
-
-
-def _requests(cache: _Observed) -> Iterable[Observation]:
-    """One count per key read, by who answered it, so that the series add up to the reads:
-    each ``get``/``get_or_set``/memoized call (and each key of a ``get_many``) is counted
-    once, never once per tier it looked in, and a stale serve is not also a miss."""
-    stats = cache.stats()
-    ns = cache.namespace
-    # A read that found nothing was last refused by L2, or by L1 when there is no L2.
-    missed_in = "l2" if "breaker_state" in stats else "l1"
-    for tier, result, count in (
-        ("l1", "hit", stats["l1_hits"]),
-        ("l2", "hit", stats["l2_hits"]),
-        ("loader", "miss", stats["loads_served"] + stats["load_waits"]),
-        ("stale", "stale", stats["stale_serves"]),
-        (missed_in, "miss", stats["read_misses"]),
-        ("loader", "error", stats["read_errors"]),
-    ):
-        yield Observation(count, {ATTR_NAMESPACE: ns, ATTR_TIER: tier, ATTR_RESULT: result})
-
-
-def _sent(cache: _Observed) -> Iterable[Observation]:
-    stats = cache.stats()
-    if "bus_sent" in stats:  # start-up probes are not invalidations
-        count = stats["bus_sent"] - stats["bus_probes_sent"]
-        yield Observation(count, {ATTR_NAMESPACE: cache.namespace})
-
-
-def _received(cache: _Observed) -> Iterable[Observation]:
-    stats = cache.stats()
-    if "bus_received" in stats:
-        # Neither our own echoes nor other instances' start-up probes are invalidations.
-        count = stats["bus_received"] - stats["bus_ignored"] - stats["bus_probes_heard"]
-        yield Observation(count, {ATTR_NAMESPACE: cache.namespace})
-
-
-def _l2_errors(cache: _Observed) -> Iterable[Observation]:
-    stats = cache.stats()
-    ns = cache.namespace
-    yield Observation(stats["l2_errors"], {ATTR_NAMESPACE: ns, ATTR_OPERATION: "read"})
-    yield Observation(stats["l2_write_errors"], {ATTR_NAMESPACE: ns, ATTR_OPERATION: "write"})

@@ -44,6 +44,7 @@ from opentelemetry.util.types import Attributes
 
 from tests.support import WAIT, BoomError, CacheFactory, FakeClock, subscribed, wait_until
 from tiercache import Breaker, LoaderTimeoutError, TierCache
+from tiercache import metrics as tiercache_metrics
 from tiercache import telemetry as tel
 
 SECRET = "user:alice@example.com"  # a key that must never show up in a span by default
@@ -124,7 +125,7 @@ def sdk() -> Iterator[Sdk]:
     # monotonic counters (6 series per namespace for tiercache.requests alone): reported to
     # this SDK, hundreds of namespaces would pass its limit of 2000 attribute sets per
     # instrument, and later points would go to an overflow series.
-    tel._forget_retired_totals()
+    tiercache_metrics._forget_retired_totals()
     installed.switch.on = True
     try:
         yield installed
