@@ -13,7 +13,7 @@ from typing import Any, TypeVar, overload
 
 from ._version import __version__
 from .cache import TierCache
-from .codec import MsgpackSerializer, Serializer
+from .codec import Compressor, MsgpackSerializer, Serializer
 from .defaults import configure, get_default, reset_default
 from .errors import (
     CircuitOpenError,
@@ -33,6 +33,7 @@ from .options import Breaker, Duration
 __all__ = [
     "Breaker",
     "CircuitOpenError",
+    "Compressor",
     "ConfigurationError",
     "CorruptEntryError",
     "KeyCollisionWarning",

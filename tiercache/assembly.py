@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .background import Background
-from .codec import Serializer
 from .coherence import Coherence
 from .entry import EntryCodec
 from .flight import SingleFlight
@@ -55,15 +54,16 @@ class Parts:
     l2_log: RateLimitedLog
 
 
-def assemble(client: Any, settings: Settings, serializer: Serializer | None, label: str) -> Parts:
+def assemble(client: Any, settings: Settings, label: str) -> Parts:
     """The parts of a cache on ``client`` (None: L1 only) with ``settings``."""
     timer = settings.timer
     clock: Callable[[], float] = timer or time.monotonic
     wall: Callable[[], float] = timer or time.time
     codec = EntryCodec(
-        serializer,
+        settings.serializer,
         compress_threshold=settings.compress_threshold,
         max_value_bytes=settings.max_value_bytes,
+        compressor=settings.compressor,
     )
     flight = SingleFlight()
     # An invalidation also detaches the key's load in flight: a get_or_set that starts

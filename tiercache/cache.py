@@ -16,13 +16,13 @@ from typing import Any, TypeVar
 from . import forking
 from .assembly import assemble
 from .background import Background
-from .codec import Serializer
+from .codec import Compressor, Serializer
 from .coherence import Coherence
 from .keys import check_key, check_keys, check_tags
 from .l2 import RedisTier
 from .metrics import forget as stop_metrics
 from .metrics import observe as report_metrics
-from .options import Breaker, Duration, Settings, check_optional_ttl
+from .options import DEFAULTS, Breaker, Duration, Settings, check_optional_ttl
 from .resilience import CLOSED
 from .telemetry import (
     ATTR_KEY_COUNT,
@@ -55,45 +55,10 @@ class TierCache:
     Args:
         client: a redis-py client (``redis.Redis``, a Sentinel master, ``RedisCluster``)
             created with ``decode_responses=False``, or ``None`` for an L1-only cache.
-        namespace: prefix of every Redis key (``{namespace}:{key}``) and of the channel.
-        ttl: L2 lifetime of an entry in seconds (or a ``timedelta``); per-call ``ttl=``
-            overrides it. Redis TTLs are shortened by a random jitter of up to 10%.
-        l1_ttl: how long this instance may serve its L1 copy, at most ``ttl``; the bound on
-            staleness when an invalidation never arrives. Defaults to ``min(30, ttl)``. In
-            L1-only mode entries live ``ttl``.
-        l1_maxsize: most entries kept in L1 (LRU eviction beyond it).
-        max_key_length: longest key accepted, in characters.
-        compress_threshold: serialized values of at least this many bytes are zstd-compressed.
-        max_value_bytes: largest serialized value accepted by ``set`` and read from Redis.
-        serializer: a `Serializer`; msgpack with extension types by default.
-        raise_on_write_error: make writes raise `L2Error` when Redis
-            fails; by default failures are counted and logged.
-        lease_ttl: lifetime of the cross-process lease a loader holds on a missing key.
-        lease_wait: how long other processes wait for the lease holder's value.
-        breaker: circuit breaker settings (`Breaker`), or None to always ask Redis.
-        stale_ttl: how long past its ``ttl`` an entry is kept (L1 and L2) to be served,
-            marked stale, when the loader fails or is too slow (fail-safe). 0 turns it off.
-        fail_safe_throttle: after a stale value was served, the loader is not called again
-            for that key for this long (the stale value is served meanwhile).
-        soft_timeout: when a stale value exists and the loader takes longer than this, serve
-            the stale value and let the load finish in the background.
-        hard_timeout: stop waiting for the loader after this long: serve a stale value if
-            there is one, else raise `LoaderTimeoutError`; the load still completes and
-            fills the cache in the background.
-        refresh_ahead: a fraction of ``ttl`` (e.g. 0.8): a value read after that part of its
-            life is returned and reloaded in the background, so hot keys never expire under
-            their callers.
-        none_ttl: a shorter ``ttl`` for loaded ``None`` values ("not found").
-        background_workers: threads for background loads (timeouts, refresh-ahead).
-        telemetry: OpenTelemetry spans and metrics (through ``opentelemetry-api``; they cost
-            next to nothing while no SDK is installed). False turns both off.
-        record_keys: put keys in spans: None (default: never), ``"hash"`` (a BLAKE2b
-            digest) or ``"raw"`` (the key itself; it may hold personal data).
-        trace_l1_hits: open spans for L1 hits too. Off by default: at millions of hits a
-            second a span each is most of an APM bill; hits are counted in the metrics
-            either way.
-        timer: a clock in seconds for tests; replaces both the monotonic clock of L1 and the
-            wall clock of logical expiry.
+        **options: keyword-only, each defined once in ``tiercache.options.OPTIONS`` with its
+            default and check: ``namespace``, ``ttl``, ``l1_ttl``, ``l1_maxsize``, and the
+            rest, every one described in the API reference's "Constructor options" table.
+            A bad value raises ``TypeError``/``ValueError`` naming the option, before any I/O.
 
     Since: 0.1.0
     """
@@ -102,56 +67,36 @@ class TierCache:
         self,
         client: Any,
         *,
-        namespace: str = "tiercache",
-        ttl: Duration = 300.0,
-        l1_ttl: Duration | None = None,
-        l1_maxsize: int = 10_000,
-        max_key_length: int = 1024,
-        compress_threshold: int = 8 * 1024,
-        max_value_bytes: int = 32 * 1024 * 1024,
-        serializer: Serializer | None = None,
-        raise_on_write_error: bool = False,
-        lease_ttl: Duration = 5.0,
-        lease_wait: Duration = 5.0,
-        breaker: Breaker | None = Breaker(),  # noqa: B008 - frozen value object
-        stale_ttl: Duration = 0,
-        fail_safe_throttle: Duration = 10.0,
-        soft_timeout: Duration | None = None,
-        hard_timeout: Duration | None = None,
-        refresh_ahead: float | None = None,
-        none_ttl: Duration | None = None,
-        background_workers: int = 4,
-        telemetry: bool = True,
-        record_keys: RecordKeys = None,
-        trace_l1_hits: bool = False,
-        timer: Callable[[], float] | None = None,
+        namespace: str = DEFAULTS["namespace"],
+        ttl: Duration = DEFAULTS["ttl"],
+        l1_ttl: Duration | None = DEFAULTS["l1_ttl"],
+        l1_maxsize: int = DEFAULTS["l1_maxsize"],
+        max_key_length: int = DEFAULTS["max_key_length"],
+        compress_threshold: int = DEFAULTS["compress_threshold"],
+        max_value_bytes: int = DEFAULTS["max_value_bytes"],
+        serializer: Serializer | None = DEFAULTS["serializer"],
+        compressor: Compressor | None = DEFAULTS["compressor"],
+        raise_on_write_error: bool = DEFAULTS["raise_on_write_error"],
+        lease_ttl: Duration = DEFAULTS["lease_ttl"],
+        lease_wait: Duration = DEFAULTS["lease_wait"],
+        breaker: Breaker | None = DEFAULTS["breaker"],
+        stale_ttl: Duration = DEFAULTS["stale_ttl"],
+        fail_safe_throttle: Duration = DEFAULTS["fail_safe_throttle"],
+        soft_timeout: Duration | None = DEFAULTS["soft_timeout"],
+        hard_timeout: Duration | None = DEFAULTS["hard_timeout"],
+        refresh_ahead: float | None = DEFAULTS["refresh_ahead"],
+        none_ttl: Duration | None = DEFAULTS["none_ttl"],
+        background_workers: int = DEFAULTS["background_workers"],
+        telemetry: bool = DEFAULTS["telemetry"],
+        record_keys: RecordKeys = DEFAULTS["record_keys"],
+        trace_l1_hits: bool = DEFAULTS["trace_l1_hits"],
+        timer: Callable[[], float] | None = DEFAULTS["timer"],
     ) -> None:
-        self._settings = settings = Settings.build(
-            namespace=namespace,
-            ttl=ttl,
-            l1_ttl=l1_ttl,
-            l1_maxsize=l1_maxsize,
-            max_key_length=max_key_length,
-            compress_threshold=compress_threshold,
-            max_value_bytes=max_value_bytes,
-            raise_on_write_error=raise_on_write_error,
-            lease_ttl=lease_ttl,
-            lease_wait=lease_wait,
-            breaker=breaker,
-            stale_ttl=stale_ttl,
-            fail_safe_throttle=fail_safe_throttle,
-            soft_timeout=soft_timeout,
-            hard_timeout=hard_timeout,
-            refresh_ahead=refresh_ahead,
-            none_ttl=none_ttl,
-            background_workers=background_workers,
-            telemetry=telemetry,
-            record_keys=record_keys,
-            trace_l1_hits=trace_l1_hits,
-            timer=timer,
-        )
+        options = dict(locals())
+        del options["self"], options["client"]
+        self._settings = settings = Settings.build(**options)
         tier = "L1-only" if client is None else "L1+L2"
-        parts = assemble(client, settings, serializer, f"<TierCache {namespace!r} {tier}>")
+        parts = assemble(client, settings, f"<TierCache {settings.namespace!r} {tier}>")
         self._l1, self._l2, self._coherence = parts.l1, parts.l2, parts.coherence
         self._flight, self._telemetry = parts.flight, parts.telemetry
         self._counters = parts.counters

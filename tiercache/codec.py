@@ -24,6 +24,7 @@ __all__ = [
     "MAX_BIGINT_BYTES",
     "MAX_DEPTH",
     "MAX_EXT_DEPTH",
+    "Compressor",
     "MsgpackSerializer",
     "Serializer",
     "ZstdCompressor",
@@ -139,6 +140,27 @@ def _bigint_from(data: bytes) -> int:
     if _INT64_MIN <= number <= _UINT64_MAX or len(data) != _signed_size(number):
         raise ValueError("big integer payload is not in canonical form")
     return number
+
+
+@runtime_checkable
+class Compressor(Protocol):
+    """Compresses serialized values above ``compress_threshold``. Implement it to use another
+    algorithm than zstd (both sides of a namespace must use the same one).
+
+    ``decompress`` must never return more than ``max_size`` bytes (raise instead: the bytes
+    come from Redis and may be a decompression bomb); anything it raises makes the entry a
+    miss.
+
+    Since: 0.2.0
+    """
+
+    def compress(self, data: bytes) -> bytes:
+        """Compress ``data``."""
+        ...
+
+    def decompress(self, data: bytes, max_size: int) -> bytes:
+        """Decompress ``data`` into at most ``max_size`` bytes, or raise."""
+        ...
 
 
 class MsgpackSerializer:
@@ -341,7 +363,7 @@ class MsgpackSerializer:
 
 
 class ZstdCompressor:
-    """zstd with a hard cap on decompressed size.
+    """The default `Compressor`: zstd with a hard cap on decompressed size.
 
     python-zstandard ignores ``max_output_size`` when a frame declares its content size
     (zstandard 0.25 expanded 8 KB to 256 MiB past a 1 MiB cap), so the declared size is

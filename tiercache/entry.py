@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from .codec import DECODE_ERRORS, MsgpackSerializer, Serializer, ZstdCompressor
+from .codec import DECODE_ERRORS, Compressor, MsgpackSerializer, Serializer, ZstdCompressor
 from .errors import CorruptEntryError, SerializationError
 
 __all__ = [
@@ -128,17 +128,23 @@ class EntryCodec:
         *,
         compress_threshold: int,
         max_value_bytes: int,
+        compressor: Compressor | None = None,
     ) -> None:
         if serializer is not None and not isinstance(serializer, Serializer):
             raise TypeError(
                 "serializer must have dumps(value) -> bytes and loads(bytes) methods, "
                 f"not {serializer!r}"
             )
+        if compressor is not None and not isinstance(compressor, Compressor):
+            raise TypeError(
+                "compressor must have compress(data) -> bytes and decompress(data, max_size) "
+                f"methods, not {compressor!r}"
+            )
         self._serializer: Serializer = serializer or MsgpackSerializer()
         self._flags = 0 if serializer is None else _FLAG_CUSTOM
         self._threshold = compress_threshold
         self._max_value_bytes = max_value_bytes
-        self._compressor = ZstdCompressor()
+        self._compressor: Compressor = compressor or ZstdCompressor()
 
     def prepare(self, value: Any) -> Prepared:
         """Serialize (and maybe compress) ``value``: the part of an entry that does not
@@ -232,7 +238,14 @@ class EntryCodec:
             tags, offset = self._decode_tags(data, offset)
         payload = data[offset:]
         if flags & _FLAG_ZSTD:
-            payload = self._compressor.decompress(payload, self._max_value_bytes)
+            try:
+                payload = self._compressor.decompress(payload, self._max_value_bytes)
+            except CorruptEntryError:
+                raise
+            except Exception as exc:  # a custom compressor may raise anything on bad bytes
+                raise CorruptEntryError(f"decompression failed: {exc!r}") from exc
+            if len(payload) > self._max_value_bytes:
+                raise CorruptEntryError("decompressed payload is over max_value_bytes")
         elif len(payload) > self._max_value_bytes:
             raise CorruptEntryError(f"{len(payload)}-byte payload is over max_value_bytes")
         try:

@@ -12,8 +12,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 __all__ = [
+    "DEFAULTS",
     "DEFAULT_BACKGROUND_WORKERS",
     "DEFAULT_COMPRESS_THRESHOLD",
     "DEFAULT_FAIL_SAFE_THROTTLE",
@@ -26,12 +28,15 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "DEFAULT_TTL",
     "MAX_DURATION",
+    "OPTIONS",
     "TTL_JITTER",
     "Breaker",
     "Duration",
+    "Option",
     "Settings",
     "check_duration",
     "check_optional_ttl",
+    "options_table",
 ]
 
 Duration = float | int | timedelta
@@ -132,8 +137,304 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Option:
+    """One constructor option, defined once: its default, its check, its documentation.
+
+    The constructor's signature defaults, `Settings` and the options table of the docs are
+    all derived from `OPTIONS` (tests hold them to it).
+
+    Since: 0.2.0
+    """
+
+    name: str
+    default: Any
+    #: The default as the docs show it.
+    shown: str
+    #: Returns the validated value or raises ``TypeError``/``ValueError`` naming the option.
+    check: Callable[[Any], Any]
+    doc: str
+
+
+def _duration(name: str, *, zero: bool = False) -> Callable[[Any], float]:
+    return lambda value: check_duration(name, value, allow_zero=zero)
+
+
+def _optional_duration(name: str) -> Callable[[Any], float | None]:
+    return lambda value: None if value is None else check_duration(name, value)
+
+
+def _int(name: str, minimum: int) -> Callable[[Any], int]:
+    return lambda value: _check_int(name, value, minimum)
+
+
+def _bool(name: str) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, not {value!r}")
+        return value
+
+    return check
+
+
+def _namespace(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"namespace must be a str, not {type(value).__name__}")
+    if not _NAMESPACE_RE.fullmatch(value):
+        raise ValueError(
+            f"namespace must be 1-128 characters of letters, digits, '_', '.', '-'; got {value!r}"
+        )
+    return value
+
+
+def _refresh_ahead(value: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"refresh_ahead must be a fraction of ttl, not {value!r}")
+    fraction = float(value)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"refresh_ahead must be between 0 and 1 (exclusive), got {fraction}")
+    return fraction
+
+
+def _record_keys(value: Any) -> str | None:
+    if value not in (None, "hash", "raw"):
+        raise ValueError(f"record_keys must be None, 'hash' or 'raw', not {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+def _breaker(value: Any) -> Breaker | None:
+    if value is not None and not isinstance(value, Breaker):
+        raise TypeError(f"breaker must be a tiercache.Breaker or None, not {value!r}")
+    return value
+
+
+def _timer(value: Any) -> Callable[[], float] | None:
+    if value is not None and not callable(value):
+        raise TypeError(f"timer must be a callable returning seconds, not {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+def _as_is(value: Any) -> Any:
+    return value  # checked where it is used (serializer, compressor: by their codec)
+
+
+#: Every option of `TierCache`, in the constructor's order.
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "namespace",
+        DEFAULT_NAMESPACE,
+        '`"tiercache"`',
+        _namespace,
+        "prefix of every Redis key (`{namespace}:{key}`) and of the "
+        "[channel](invalidation.md); 1-128 letters, digits, `_`, `.`, `-`",
+    ),
+    Option(
+        "ttl",
+        DEFAULT_TTL,
+        "300 s",
+        _duration("ttl"),
+        "lifetime of an entry (Redis TTL, shortened by up to 10% jitter, and logical "
+        "expiry); per-call `ttl=` overrides it",
+    ),
+    Option(
+        "l1_ttl",
+        None,
+        "`min(30 s, ttl)`",
+        _optional_duration("l1_ttl"),
+        "how long this instance serves its L1 copy without asking Redis again: the "
+        "staleness bound when an invalidation is lost unnoticed; at most `ttl`; unused in "
+        "L1-only mode (entries live `ttl`)",
+    ),
+    Option(
+        "l1_maxsize",
+        DEFAULT_L1_MAXSIZE,
+        "10,000",
+        _int("l1_maxsize", 1),
+        "entries kept in L1 (approximate LRU beyond it); keys whose stale value the "
+        "fail-safe holds count too",
+    ),
+    Option(
+        "max_key_length",
+        DEFAULT_MAX_KEY_LENGTH,
+        "1,024",
+        _int("max_key_length", 1),
+        "longest key accepted, in characters",
+    ),
+    Option(
+        "compress_threshold",
+        DEFAULT_COMPRESS_THRESHOLD,
+        "8 KiB",
+        _int("compress_threshold", 0),
+        "serialized values at least this large are compressed (kept only if smaller)",
+    ),
+    Option(
+        "max_value_bytes",
+        DEFAULT_MAX_VALUE_BYTES,
+        "32 MiB",
+        _int("max_value_bytes", 1),
+        "largest serialized value accepted by `set` and read back from Redis (also the "
+        "cap on decompressed size)",
+    ),
+    Option(
+        "serializer",
+        None,
+        "`MsgpackSerializer()`",
+        _as_is,
+        "a [`Serializer`](keys-ttls-codec.md#a-custom-serializer)",
+    ),
+    Option(
+        "compressor",
+        None,
+        "zstd",
+        _as_is,
+        "a `Compressor` (`compress(data)`, `decompress(data, max_size)` that never returns "
+        "more than `max_size` bytes); zstd by default",
+    ),
+    Option(
+        "raise_on_write_error",
+        False,
+        "`False`",
+        _bool("raise_on_write_error"),
+        "make writes raise `L2Error` when Redis fails, instead of counting and logging it",
+    ),
+    Option(
+        "lease_ttl",
+        DEFAULT_LEASE_TTL,
+        "5 s",
+        _duration("lease_ttl"),
+        "lifetime of the cross-process lease a loader holds on a missing key; a load that "
+        "takes longer does not write Redis",
+    ),
+    Option(
+        "lease_wait",
+        DEFAULT_LEASE_WAIT,
+        "5 s",
+        _duration("lease_wait", zero=True),
+        "how long other processes wait for the lease holder's value before loading "
+        "themselves (`0`: never wait)",
+    ),
+    Option(
+        "breaker",
+        Breaker(),
+        "`Breaker(failures=5, reset_after=5)`",
+        _breaker,
+        "the [circuit breaker](failure-modes.md#redis-down-refused-connections-killed-"
+        "restarting); `None`: never skip Redis",
+    ),
+    Option(
+        "stale_ttl",
+        0.0,
+        "`0` (off)",
+        _duration("stale_ttl", zero=True),
+        "fail-safe: keep every entry (loaded or `set`) this long past its `ttl`, in L1 and "
+        "Redis, to be served, marked stale, when its loader raises or times out",
+    ),
+    Option(
+        "fail_safe_throttle",
+        DEFAULT_FAIL_SAFE_THROTTLE,
+        "10 s",
+        _duration("fail_safe_throttle"),
+        "after a stale value was served, the key's loader is not called again for this long",
+    ),
+    Option(
+        "soft_timeout",
+        None,
+        "`None`",
+        _optional_duration("soft_timeout"),
+        "with a stale value at hand, serve it when the loader takes longer than this (the "
+        "load finishes in the background)",
+    ),
+    Option(
+        "hard_timeout",
+        None,
+        "`None`",
+        _optional_duration("hard_timeout"),
+        "stop waiting for the loader after this long: serve a stale value, else raise "
+        "`LoaderTimeoutError` (the load finishes in the background); at least `soft_timeout`",
+    ),
+    Option(
+        "refresh_ahead",
+        None,
+        "`None`",
+        _refresh_ahead,
+        "a fraction of `ttl` in (0, 1): a value read from Redis after that part of its life "
+        "is returned and reloaded in the background (needs Redis; in L1-only mode the value "
+        "is reloaded by the caller once that fraction has passed)",
+    ),
+    Option(
+        "none_ttl",
+        None,
+        "`None` (`ttl`)",
+        _optional_duration("none_ttl"),
+        'a shorter `ttl` for loaded `None` values ("not found"); at most `ttl`',
+    ),
+    Option(
+        "background_workers",
+        DEFAULT_BACKGROUND_WORKERS,
+        "4",
+        _int("background_workers", 1),
+        "daemon threads for background loads (timeouts, refresh-ahead); when they and their "
+        "short queue are busy, the caller runs the load itself",
+    ),
+    Option(
+        "telemetry",
+        True,
+        "`True`",
+        _bool("telemetry"),
+        "OpenTelemetry spans and metrics through `opentelemetry-api` (next to free while no "
+        "SDK is installed); `False` turns both off. See [Telemetry](telemetry.md)",
+    ),
+    Option(
+        "record_keys",
+        None,
+        "`None`",
+        _record_keys,
+        'keys in spans: never (`None`), a BLAKE2b digest (`"hash"`) or the key itself (`"raw"`)',
+    ),
+    Option(
+        "trace_l1_hits",
+        False,
+        "`False`",
+        _bool("trace_l1_hits"),
+        "open spans for L1 hits too (memoized ones included); by default they are kept out "
+        "of traces, not out of the metrics (changed: the default was `True`; see [the "
+        "trade-off](telemetry.md#l1-hits-in-traces-the-trade-off))",
+    ),
+    Option(
+        "timer",
+        None,
+        "real clocks",
+        _timer,
+        "a clock in seconds for [tests](testing.md#a-fake-clock); replaces the monotonic "
+        "clock of L1 (and of the breaker and fail-safe throttle) and the wall clock of "
+        "logical expiry",
+    ),
+)
+
+#: The default of each option, by name.
+DEFAULTS: dict[str, Any] = {option.name: option.default for option in OPTIONS}
+
+
+def options_table() -> str:
+    """The options table of the docs (docs/api.md), rendered from `OPTIONS`.
+
+    Since: 0.2.0
+    """
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    rows.append(
+        "| `client` | (positional) | a redis-py client (`redis.Redis`, a Sentinel master, "
+        "`redis.cluster.RedisCluster`) with `decode_responses=False`, or `None` for an "
+        "L1-only cache |"
+    )
+    rows += [f"| `{o.name}` | {o.shown} | {o.doc} |" for o in OPTIONS]
+    return "\n".join(rows) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
-    """The validated options of one cache. Build it with `Settings.build`.
+    """The validated options of one cache. Build it with `Settings.build`; its fields are
+    `OPTIONS` (a test holds them to it), ``l1_ttl`` resolved.
 
     Since: 0.1.0
     """
@@ -145,6 +446,8 @@ class Settings:
     max_key_length: int
     compress_threshold: int
     max_value_bytes: int
+    serializer: Any
+    compressor: Any
     raise_on_write_error: bool
     lease_ttl: float
     lease_wait: float
@@ -162,102 +465,29 @@ class Settings:
     timer: Callable[[], float] | None
 
     @classmethod
-    def build(
-        cls,
-        *,
-        namespace: object = DEFAULT_NAMESPACE,
-        ttl: object = DEFAULT_TTL,
-        l1_ttl: object = None,
-        l1_maxsize: object = DEFAULT_L1_MAXSIZE,
-        max_key_length: object = DEFAULT_MAX_KEY_LENGTH,
-        compress_threshold: object = DEFAULT_COMPRESS_THRESHOLD,
-        max_value_bytes: object = DEFAULT_MAX_VALUE_BYTES,
-        raise_on_write_error: object = False,
-        lease_ttl: object = DEFAULT_LEASE_TTL,
-        lease_wait: object = DEFAULT_LEASE_WAIT,
-        breaker: object = Breaker(),
-        stale_ttl: object = 0,
-        fail_safe_throttle: object = DEFAULT_FAIL_SAFE_THROTTLE,
-        soft_timeout: object = None,
-        hard_timeout: object = None,
-        refresh_ahead: object = None,
-        none_ttl: object = None,
-        background_workers: object = DEFAULT_BACKGROUND_WORKERS,
-        telemetry: object = True,
-        record_keys: object = None,
-        trace_l1_hits: object = False,
-        timer: object = None,
-    ) -> Settings:
-        """Validate every option; raise `TypeError`/`ValueError` naming it."""
-        if not isinstance(namespace, str):
-            raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
-        if not _NAMESPACE_RE.fullmatch(namespace):
+    def build(cls, **options: Any) -> Settings:
+        """Validate every option (missing ones take their default); raise
+        `TypeError`/`ValueError` naming the first bad one."""
+        unknown = options.keys() - DEFAULTS.keys()
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        values = {o.name: o.check(options.get(o.name, o.default)) for o in OPTIONS}
+        ttl = values["ttl"]
+        if values["l1_ttl"] is None:
+            values["l1_ttl"] = min(DEFAULT_L1_TTL, ttl)
+        elif values["l1_ttl"] > ttl:
             raise ValueError(
-                "namespace must be 1-128 characters of letters, digits, '_', '.', '-'; "
-                f"got {namespace!r}"
+                f"l1_ttl ({values['l1_ttl']:g} s) must not exceed ttl ({ttl:g} s): L1 may not "
+                "outlive the L2 copy it mirrors"
             )
-        ttl_s = check_duration("ttl", ttl)
-        if l1_ttl is None:
-            l1_ttl_s = min(DEFAULT_L1_TTL, ttl_s)
-        else:
-            l1_ttl_s = check_duration("l1_ttl", l1_ttl)
-            if l1_ttl_s > ttl_s:
-                raise ValueError(
-                    f"l1_ttl ({l1_ttl_s:g} s) must not exceed ttl ({ttl_s:g} s): L1 may not "
-                    "outlive the L2 copy it mirrors"
-                )
-        maxsize = _check_int("l1_maxsize", l1_maxsize, 1)
-        key_len = _check_int("max_key_length", max_key_length, 1)
-        threshold = _check_int("compress_threshold", compress_threshold, 0)
-        max_bytes = _check_int("max_value_bytes", max_value_bytes, 1)
-        if not isinstance(raise_on_write_error, bool):
-            raise TypeError(f"raise_on_write_error must be a bool, not {raise_on_write_error!r}")
-        if timer is not None and not callable(timer):
-            raise TypeError(f"timer must be a callable returning seconds, not {timer!r}")
-        if breaker is not None and not isinstance(breaker, Breaker):
-            raise TypeError(f"breaker must be a tiercache.Breaker or None, not {breaker!r}")
-        soft = None if soft_timeout is None else check_duration("soft_timeout", soft_timeout)
-        hard = None if hard_timeout is None else check_duration("hard_timeout", hard_timeout)
+        soft, hard = values["soft_timeout"], values["hard_timeout"]
         if soft is not None and hard is not None and soft > hard:
             raise ValueError(f"soft_timeout ({soft:g} s) must not exceed hard_timeout ({hard:g} s)")
-        refresh = None
-        if refresh_ahead is not None:
-            if not isinstance(refresh_ahead, (int, float)) or isinstance(refresh_ahead, bool):
-                raise TypeError(f"refresh_ahead must be a fraction of ttl, not {refresh_ahead!r}")
-            refresh = float(refresh_ahead)
-            if not 0.0 < refresh < 1.0:
-                raise ValueError(
-                    f"refresh_ahead must be between 0 and 1 (exclusive), got {refresh}"
-                )
-        for flag_name, flag in (("telemetry", telemetry), ("trace_l1_hits", trace_l1_hits)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{flag_name} must be a bool, not {flag!r}")
-        if record_keys not in (None, "hash", "raw"):
-            raise ValueError(f"record_keys must be None, 'hash' or 'raw', not {record_keys!r}")
-        none_ttl_s = None if none_ttl is None else check_duration("none_ttl", none_ttl)
-        if none_ttl_s is not None and none_ttl_s > ttl_s:
-            raise ValueError(f"none_ttl ({none_ttl_s:g} s) must not exceed ttl ({ttl_s:g} s)")
-        return cls(
-            namespace=namespace,
-            ttl=ttl_s,
-            l1_ttl=l1_ttl_s,
-            l1_maxsize=maxsize,
-            max_key_length=key_len,
-            compress_threshold=threshold,
-            max_value_bytes=max_bytes,
-            raise_on_write_error=raise_on_write_error,
-            lease_ttl=check_duration("lease_ttl", lease_ttl),
-            lease_wait=check_duration("lease_wait", lease_wait, allow_zero=True),
-            breaker=breaker,
-            stale_ttl=check_duration("stale_ttl", stale_ttl, allow_zero=True),
-            fail_safe_throttle=check_duration("fail_safe_throttle", fail_safe_throttle),
-            soft_timeout=soft,
-            hard_timeout=hard,
-            refresh_ahead=refresh,
-            none_ttl=none_ttl_s,
-            background_workers=_check_int("background_workers", background_workers, 1),
-            telemetry=bool(telemetry),
-            record_keys=record_keys,
-            trace_l1_hits=bool(trace_l1_hits),
-            timer=timer,
-        )
+        none_ttl = values["none_ttl"]
+        if none_ttl is not None and none_ttl > ttl:
+            raise ValueError(f"none_ttl ({none_ttl:g} s) must not exceed ttl ({ttl:g} s)")
+        return cls(**values)
+
+
+if __name__ == "__main__":  # pragma: no cover - a docs helper: print the table for docs/api.md
+    print(options_table(), end="")

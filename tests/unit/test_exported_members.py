@@ -13,6 +13,7 @@ import tiercache
 EXPECTED_ALL = [
     "Breaker",
     "CircuitOpenError",
+    "Compressor",
     "ConfigurationError",
     "CorruptEntryError",
     "KeyCollisionWarning",

@@ -326,3 +326,51 @@ def test_from_url_with_rediss_user_password_and_db_builds_a_tls_acl_client() -> 
         assert cache._coherence.bus.channel == "tiercache:inv:2:tls"  # type: ignore[union-attr]
     finally:
         cache.close()
+
+
+# -- one source of truth ---------------------------------------------------------------------
+
+
+def test_the_constructor_signature_takes_every_option_with_its_table_default() -> None:
+    """TierCache's keyword-only parameters are exactly OPTIONS, in order, with its defaults."""
+    import inspect
+
+    from tiercache.options import OPTIONS
+
+    params = list(inspect.signature(TierCache.__init__).parameters.values())[2:]
+    assert [p.name for p in params] == [o.name for o in OPTIONS]
+    assert all(p.kind is p.KEYWORD_ONLY for p in params)
+    assert [p.default for p in params] == [o.default for o in OPTIONS]
+
+
+def test_settings_has_one_field_per_option() -> None:
+    """Settings' fields are the options' names, in the same order."""
+    import dataclasses
+
+    from tiercache.options import OPTIONS, Settings
+
+    assert [f.name for f in dataclasses.fields(Settings)] == [o.name for o in OPTIONS]
+
+
+def test_the_docs_options_table_is_rendered_from_the_options() -> None:
+    """docs/api.md holds exactly the table tiercache.options.options_table() renders (run
+    ``python -m tiercache.options`` to regenerate it)."""
+    from tests.support import REPO_ROOT
+    from tiercache.options import options_table
+
+    text = (REPO_ROOT / "docs" / "api.md").read_text()
+    assert options_table() in text
+
+
+def test_an_unknown_option_is_a_type_error_naming_it() -> None:
+    """Settings.build refuses names that are not options (a typo must not be ignored)."""
+    from tiercache.options import Settings
+
+    with pytest.raises(TypeError, match="l1_maxsise"):
+        Settings.build(l1_maxsise=3)
+
+
+def test_a_compressor_without_the_protocol_methods_is_a_type_error() -> None:
+    """compressor= must have compress(data) and decompress(data, max_size)."""
+    with pytest.raises(TypeError, match="compressor must have"):
+        build(compressor=object())
