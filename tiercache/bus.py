@@ -6,8 +6,9 @@ coherence), started lazily on first use and again after a fork. How loss is dete
 ``listener.py`` and ``inbox.py``; how messages are numbered: ``publisher.py``.
 
 `InvalidationBus` is the bus as the rest of the cache sees it, so the read and write logic
-can be tested with a fake bus; `BusRedis` is what the bus needs from Redis, so the bus can be
-driven without a server.
+can be tested with a fake bus. What the bus needs from Redis (`BusRedis`, in ``bus_redis.py``)
+and what it does to the cache (`Receiver`, in ``inbox.py``) are protocols too, re-exported
+here, so the bus can be driven without a server.
 """
 
 from __future__ import annotations
@@ -17,26 +18,19 @@ import threading
 from typing import Any, Protocol
 
 from .bus_health import BusHealth
+from .bus_redis import BusRedis
 from .errors import ConfigurationError
 from .inbox import Receiver
-from .listener import Listener, Subscribing
+from .listener import Listener
 from .messages import OP_CLEAR, OP_KEYS, OP_TAGS, channel_name
-from .publisher import Publisher, Publishing
+from .publisher import Publisher
 from .stats import RateLimitedLog
 
-__all__ = ["FIRST_SUBSCRIBE_WAIT", "Bus", "BusRedis", "InvalidationBus"]
+__all__ = ["FIRST_SUBSCRIBE_WAIT", "Bus", "BusRedis", "InvalidationBus", "Receiver"]
 
 #: Seconds the first operation waits for the new listener to subscribe, so that the flush at
 #: subscription does not throw away the first values this instance caches.
 FIRST_SUBSCRIBE_WAIT = 0.25
-
-
-class BusRedis(Publishing, Subscribing, Protocol):
-    """What the bus needs from Redis (`tiercache.l2.RedisTier` has it)."""
-
-    def db(self) -> int:
-        """The database number, part of the channel name (pub/sub ignores databases)."""
-        ...
 
 
 class InvalidationBus(Protocol):

@@ -35,9 +35,10 @@ import select
 import threading
 import time
 from contextlib import suppress
-from typing import Any, Protocol
+from typing import Any
 
 from .bus_health import BusHealth
+from .bus_redis import Subscribing, Subscription
 from .errors import L2Error
 from .inbox import Inbox, Receiver
 from .l2 import CONFIG_ERRORS
@@ -50,8 +51,6 @@ __all__ = [
     "HEALTH_TIMEOUT",
     "PROBE_TIMEOUT",
     "Listener",
-    "Subscribing",
-    "Subscription",
 ]
 
 log = logging.getLogger("tiercache")
@@ -67,38 +66,6 @@ _BACKOFF_BASE = 0.05
 _BACKOFF_CAP = 5.0
 # Readers give up draining after this long waiting for the receive lock (see the docstring).
 _DRAIN_LOCK_TIMEOUT = 0.005
-
-
-class Subscription(Protocol):
-    """One subscribed pub/sub connection (`tiercache.l2.Subscriber`); one reader at a time."""
-
-    def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
-        """The next message, confirmation or PONG, waiting up to ``timeout`` s; or None."""
-        ...
-
-    def ping(self) -> None:
-        """Send a PING; the PONG arrives as a message."""
-        ...
-
-    def fileno(self) -> int | None:
-        """A file descriptor to ``poll()`` for data, or None (then poll by timeout)."""
-        ...
-
-    def close(self) -> None:
-        """Unsubscribe and close; never raises."""
-        ...
-
-
-class Subscribing(Protocol):
-    """What the listener needs from Redis (`tiercache.l2.RedisTier` has it)."""
-
-    def subscribe(self, channel: str) -> Subscription:
-        """A new connection subscribed to ``channel``, without silent resubscription."""
-        ...
-
-    def mark_answered(self) -> None:
-        """Redis answered: the circuit breaker need not wait out its cooldown."""
-        ...
 
 
 class Listener:

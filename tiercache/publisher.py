@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Protocol
+from typing import Any
 
 from .bus_health import BusHealth
+from .bus_redis import Publishing
 from .errors import L2Error
 from .messages import OP_PROBE, encode_message
 
-__all__ = ["Publisher", "Publishing"]
-
-
-class Publishing(Protocol):
-    """What the publisher needs from Redis (`tiercache.l2.RedisTier` has it)."""
-
-    def publish(self, channel: str, message: bytes) -> int:
-        """``PUBLISH``; the number of subscribers reached. Raises `L2Error` on failure."""
-        ...
+__all__ = ["Publisher"]
 
 
 class Publisher:
