@@ -16,12 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+from .bus import Bus
 from .entry import Entry, TagVersions
-from .invalidation import Bus
 from .l1 import LocalTier
 from .l2 import RedisTier
 from .lease import Leases
-from .messages import OP_CLEAR, OP_KEYS, OP_TAGS
 from .stats import Counters
 from .versions import NAMESPACE, Versions
 
@@ -103,15 +102,15 @@ class Coherence:
 
     def publish_keys(self, keys: list[str]) -> None:
         """Tell the other instances these keys changed (raises L2Error)."""
-        self.bus.publish(OP_KEYS, keys)
+        self.bus.publish_keys(keys)
 
     def publish_clear(self, ns_version: int) -> None:
         """Tell the other instances the namespace was cleared (raises L2Error)."""
-        self.bus.publish(OP_CLEAR, ns_version)
+        self.bus.publish_clear(ns_version)
 
     def publish_tags(self, tags: dict[str, int]) -> None:
         """Tell the other instances these tags were invalidated (raises L2Error)."""
-        self.bus.publish(OP_TAGS, tags)
+        self.bus.publish_tags(tags)
 
     # -- the bus receiver ----------------------------------------------------------------
 

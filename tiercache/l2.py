@@ -26,6 +26,7 @@ from contextlib import suppress
 from typing import Any, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     DataError,
@@ -39,12 +40,13 @@ from redis.exceptions import (
 from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
+from redis.retry import Retry
 
 from .errors import CircuitOpenError, ConfigurationError, L2Error
 from .resilience import CLOSED, CircuitBreaker
 from .telemetry import Telemetry
 
-__all__ = ["CONFIG_ERRORS", "RedisTier", "db_of", "misconfiguration", "server_of"]
+__all__ = ["CONFIG_ERRORS", "RedisTier", "Subscriber", "db_of", "misconfiguration", "server_of"]
 
 R = TypeVar("R")
 
@@ -144,6 +146,72 @@ def _handshake_timed_out(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__ or cause.__context__
     return False
+
+
+class Subscriber:
+    """One pub/sub connection subscribed to one channel; made by `RedisTier.subscribe`.
+
+    redis-py's own reconnect-and-resubscribe is switched off on this connection: after a
+    dropped connection or a server restart, redis-py would resubscribe silently, and the
+    messages published in between would be lost with no trace but one more ``subscribe``
+    confirmation. Here a lost connection raises instead, so its owner notices the loss.
+
+    Errors that reveal misconfiguration (`misconfiguration`) are raised as such; any other
+    error means the subscription is lost. Not thread-safe: one reader at a time.
+
+    Since: 0.2.0
+    """
+
+    __slots__ = ("_db", "_pubsub")
+
+    def __init__(self, pubsub: Any, db: int) -> None:
+        self._pubsub = pubsub
+        self._db = db
+
+    def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
+        """The next message, confirmation or PONG (a dict as redis-py gives it), waiting up
+        to ``timeout`` seconds; None if nothing came."""
+        try:
+            message: dict[str, Any] | None = self._pubsub.get_message(timeout=timeout)
+        except Exception as exc:
+            raise _misconfigured_or(exc, self._db) from None
+        return message
+
+    def ping(self) -> None:
+        """Send a PING; its PONG arrives later as a message (``type`` ``pong``)."""
+        try:
+            self._pubsub.ping()
+        except Exception as exc:
+            raise _misconfigured_or(exc, self._db) from None
+
+    def fileno(self) -> int | None:
+        """The connection's file descriptor, to wait for data with ``select.poll`` without
+        reading; None when it cannot be had (then poll with ``get_message(timeout)``)."""
+        connection = getattr(self._pubsub, "connection", None)
+        # redis-py exposes no public way to get a connection's socket, and its can_read()
+        # reads into the parser's buffer, which only the reader holding the lock may do.
+        # ``Connection._sock`` is the one private attribute of redis-py that tiercache reads
+        # (tests/integration/test_subscriber.py pins it); without it the bus still works, polling.
+        sock = getattr(connection, "_sock", None)
+        if sock is None:
+            return None
+        try:
+            fd = sock.fileno()
+        except (OSError, ValueError):
+            return None
+        return fd if isinstance(fd, int) and fd >= 0 else None
+
+    def close(self) -> None:
+        """Unsubscribe and give the connection back; never raises (a dead socket may fail
+        to close, and it is gone either way)."""
+        with suppress(Exception):
+            self._pubsub.close()
+
+
+def _misconfigured_or(exc: Exception, db: int) -> Exception:
+    # The error to raise for ``exc`` from a subscriber: what it reveals, or itself.
+    wrong = misconfiguration(exc, db)
+    return exc if wrong is None else wrong
 
 
 class RedisTier:
@@ -267,6 +335,40 @@ class RedisTier:
     def publish(self, channel: str, message: bytes) -> int:
         """``PUBLISH``; the number of subscribers that received it."""
         return int(self._call("PUBLISH", self.client.publish, channel, message))
+
+    def subscribe(self, channel: str) -> Subscriber:
+        """A new pub/sub connection subscribed to ``channel``, with redis-py's silent retries
+        off. Its ``subscribe`` confirmation arrives as the first message.
+
+        Not behind the breaker: a listener retries with its own backoff, and a confirmed
+        subscription is what tells the breaker that Redis is back (`mark_answered`). Raises
+        what redis-py raises, or the misconfiguration it reveals (`misconfiguration`).
+
+        Since: 0.2.0
+        """
+        pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+        try:
+            pubsub.subscribe(channel)
+            connection = getattr(pubsub, "connection", None)
+            if connection is not None and hasattr(connection, "retry"):
+                # Never let redis-py reconnect and resubscribe behind our back.
+                connection.retry = Retry(NoBackoff(), 0)
+        except BaseException as exc:
+            with suppress(Exception):
+                pubsub.close()
+            if isinstance(exc, Exception):
+                raise _misconfigured_or(exc, self.db()) from None
+            raise
+        return Subscriber(pubsub, self.db())
+
+    def mark_answered(self) -> None:
+        """Tell the breaker Redis answered outside a command of ours (e.g. it confirmed a
+        subscription on a fresh connection): no need to wait out the cooldown before the
+        next call.
+
+        Since: 0.2.0
+        """
+        self.breaker.success()
 
     def script(self, source: str) -> Any:
         """A registered Lua script (``EVALSHA``, loading it on first use)."""

@@ -21,8 +21,12 @@ from redis.exceptions import NoPermissionError
 
 from tests.redis_server import RedisServer
 from tests.support import WAIT, CacheFactory, Loader, subscribed, wait_until
-from tiercache import TierCache, invalidation
+from tiercache import TierCache, listener
+from tiercache.bus_health import BusHealth
+from tiercache.l2 import RedisTier
+from tiercache.listener import Listener
 from tiercache.messages import MESSAGE_VERSION, OP_KEYS, channel_name, encode_message
+from tiercache.publisher import Publisher
 
 pytestmark = pytest.mark.redis
 
@@ -380,7 +384,7 @@ def test_user_without_channel_permission_gets_an_error_naming_the_acl_and_a_warn
 
 
 class DelaySpy(threading.Event):
-    """The bus's stop event, recording how long the listener backs off between attempts."""
+    """A listener's stop event, recording how long the listener backs off between attempts."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -392,19 +396,42 @@ class DelaySpy(threading.Event):
         return super().wait(timeout)
 
 
+class NullReceiver:
+    """A receiver with no L1 behind it."""
+
+    def apply_keys(self, keys: list[str]) -> None:
+        """Nothing to drop."""
+
+    def apply_clear(self, ns_version: int) -> None:
+        """Nothing to drop."""
+
+    def apply_tags(self, tags: dict[str, int]) -> None:
+        """Nothing to drop."""
+
+    def flush_l1(self, reason: str) -> None:
+        """Nothing to drop."""
+
+
 def test_refused_subscription_is_retried_with_growing_backoff(
-    fresh_redis_server: RedisServer, make_cache: MakeCache
+    fresh_redis_server: RedisServer, namespace: str
 ) -> None:
     """A subscription Redis keeps refusing is retried less and less often, not every 0.1 s."""
     server = fresh_redis_server
     _grant(server, "on", ">pw", "~*", "+@all", "resetchannels")
-    cache = make_cache(server, url=f"redis://u:pw@127.0.0.1:{server.port}/0")
+    client = redis.Redis.from_url(f"redis://u:pw@127.0.0.1:{server.port}/0")
+    tier = RedisTier(client)
+    health = BusHealth()
     spy = DelaySpy()
-    cache._coherence.bus._stop = spy  # type: ignore[union-attr]
-
-    with contextlib.suppress(NoPermissionError):
-        cache.get("first-use")
-    assert wait_until(lambda: len(spy.waits) >= 4), spy.waits
+    bus_listener = Listener(
+        tier, Publisher(tier, channel_name(namespace), health), NullReceiver(), health, stop=spy
+    )
+    try:
+        assert bus_listener.start()
+        assert wait_until(lambda: len(spy.waits) >= 4), spy.waits
+        assert isinstance(bus_listener.config_error, NoPermissionError)
+    finally:
+        bus_listener.close(WAIT)
+        client.close()
 
     # Jitter only halves a delay: with doubling the 4th is >= 4x the 1st; a backoff stuck at
     # one step keeps every delay within 2x of the others.
@@ -458,7 +485,7 @@ def test_busy_reader_thread_sees_another_instances_invalidation(
 
 
 class ParkableListener:
-    """Stands in for ``select.poll`` in ``tiercache.invalidation``: on demand, the listener's
+    """Stands in for ``select.poll`` in ``tiercache.listener``: on demand, the listener's
     next ``poll()`` parks (outside the receive lock) until released, so only a reader's
     ``drain()`` can apply what arrives meanwhile."""
 
@@ -493,7 +520,7 @@ def test_drain_applies_a_pending_message_while_the_listener_is_parked(
     fake_select = SimpleNamespace(
         poll=gate.make_poller, POLLIN=select.POLLIN, POLLPRI=select.POLLPRI
     )
-    monkeypatch.setattr(invalidation, "select", fake_select)
+    monkeypatch.setattr(listener, "select", fake_select)
     reader = started(make_cache(redis_server))  # the only listener that can be parked
     reader.set("k", "old")
     assert wait_until(lambda: stat(reader, "bus_ignored") == 2)

@@ -228,7 +228,7 @@ def test_frozen_redis_under_load_opens_the_breaker_and_it_closes_after(
     try:
         with Workload(caches) as load:
             assert wait_until(lambda: load.stat("l2_hits") > 50)
-            errors_before = load.stat("l2_errors")
+            errors_before = load.stat("l2_errors") + load.stat("l2_write_errors")
             if fault == "client_pause":
                 admin.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
             else:
@@ -254,7 +254,10 @@ def test_frozen_redis_under_load_opens_the_breaker_and_it_closes_after(
 
     assert load.errors == []
     assert load.wrong == 0
-    assert load.stat("l2_errors") > errors_before  # timeouts were seen, and absorbed
+    # Timeouts were seen, and absorbed. By reads or by writes: when a write meets the freeze
+    # first, its replay is pending and reads skip Redis until it succeeds (guarantee 1), so
+    # which counter moves depends on which of the 8 threads got there first.
+    assert load.stat("l2_errors") + load.stat("l2_write_errors") > errors_before
 
 
 def test_redis_refusing_writes_oom_keeps_reads_working_and_counts_write_errors(

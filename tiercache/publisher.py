@@ -1,0 +1,55 @@
+"""The publishing half of the invalidation bus: numbered messages, one PUBLISH each.
+
+Each cache instance publishes under an identity of its own (16 random bytes, new after a
+fork) and numbers its messages 1, 2, 3, ... in the order they are published. Pub/sub is
+at-most-once; the numbers let every receiver notice a message that never reached it (a gap)
+and flush its L1 instead of serving what that message would have dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from .bus_health import BusHealth
+from .bus_redis import Publishing
+from .errors import L2Error
+from .messages import OP_PROBE, encode_message
+
+__all__ = ["Publisher"]
+
+
+class Publisher:
+    """Numbers and publishes one instance's messages on its channel.
+
+    Since: 0.2.0
+    """
+
+    __slots__ = ("_health", "_lock", "_redis", "_seq", "channel", "instance_id")
+
+    def __init__(self, redis: Publishing, channel: str, health: BusHealth) -> None:
+        self._redis = redis
+        self.channel = channel
+        self._health = health
+        #: Who we are on the channel: our own messages come back to us and are ignored.
+        self.instance_id = os.urandom(16)
+        # Guards _seq and the PUBLISH that carries it, so numbers go out in order.
+        self._lock = threading.Lock()
+        self._seq = 0
+
+    def publish(self, op: int, data: Any) -> None:
+        """Publish one message; raises `L2Error` on failure. A lost number shows up as a gap
+        at every receiver once a later message arrives."""
+        health = self._health
+        with self._lock:
+            self._seq += 1
+            raw = encode_message(self.instance_id, self._seq, op, data)
+            try:
+                self._redis.publish(self.channel, raw)
+            except L2Error:
+                health.publish_errors += 1
+                raise
+            health.sent += 1
+            if op == OP_PROBE:
+                health.probes_sent += 1
