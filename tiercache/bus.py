@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .bus_health import BusHealth
@@ -36,7 +37,9 @@ FIRST_SUBSCRIBE_WAIT = 0.25
 class InvalidationBus(Protocol):
     """The bus as the rest of the cache sees it."""
 
-    def publish_keys(self, keys: list[str]) -> None:
+    def publish_keys(
+        self, keys: list[str], send: Callable[[str, bytes], object] | None = None
+    ) -> None:
         """Tell the other instances these keys changed (raises `L2Error`)."""
         ...
 
@@ -102,9 +105,12 @@ class Bus:
         """Publish one message (``messages.OP_*``); raises `L2Error` on failure."""
         self.publisher.publish(op, data)
 
-    def publish_keys(self, keys: list[str]) -> None:
-        """Tell the other instances these keys changed (raises `L2Error`)."""
-        self.publisher.publish(OP_KEYS, keys)
+    def publish_keys(
+        self, keys: list[str], send: Callable[[str, bytes], object] | None = None
+    ) -> None:
+        """Tell the other instances these keys changed (raises `L2Error`); ``send``: a
+        write that publishes the message in its own round trip (`Publisher.publish`)."""
+        self.publisher.publish(OP_KEYS, keys, send)
 
     def publish_clear(self, ns_version: int) -> None:
         """Tell the other instances the namespace was cleared (raises `L2Error`)."""

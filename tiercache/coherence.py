@@ -104,6 +104,27 @@ class Coherence:
         """Tell the other instances these keys changed (raises L2Error)."""
         self.bus.publish_keys(keys)
 
+    def set_and_publish(self, keys: list[str], rows: list[tuple[str, bytes, int]]) -> None:
+        """``SET ... PX`` every row, then tell the other instances that ``keys`` changed: one
+        round trip (a pipeline whose PUBLISH follows the writes, so a receiver that drops
+        its copy can only re-read the new value). Raises L2Error."""
+        l2 = self.l2
+        if l2.cluster:  # keys span nodes: a pipeline would not order the PUBLISH after them
+            l2.set_many(rows)
+            self.bus.publish_keys(keys)
+            return
+        self.bus.publish_keys(keys, lambda channel, raw: l2.set_many(rows, (channel, raw)))
+
+    def delete_and_publish(self, keys: list[str], rkeys: list[str]) -> None:
+        """``UNLINK`` ``rkeys`` and tell the other instances that ``keys`` changed, in one
+        round trip as `set_and_publish` does. Raises L2Error."""
+        l2 = self.l2
+        if l2.cluster:
+            l2.delete(rkeys)
+            self.bus.publish_keys(keys)
+            return
+        self.bus.publish_keys(keys, lambda channel, raw: l2.delete(rkeys, (channel, raw)))
+
     def publish_clear(self, ns_version: int) -> None:
         """Tell the other instances the namespace was cleared (raises L2Error)."""
         self.bus.publish_clear(ns_version)

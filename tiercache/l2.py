@@ -241,7 +241,7 @@ class RedisTier:
     Since: 0.1.0
     """
 
-    __slots__ = ("_cluster", "breaker", "client", "telemetry")
+    __slots__ = ("breaker", "client", "cluster", "telemetry")
 
     def __init__(
         self,
@@ -265,7 +265,8 @@ class RedisTier:
         self.client = client
         self.breaker = breaker or CircuitBreaker()
         self.telemetry = telemetry
-        self._cluster = isinstance(client, redis.RedisCluster)
+        #: Whether the client is a ``RedisCluster`` (keys of one call may span nodes).
+        self.cluster = isinstance(client, redis.RedisCluster)
 
     def server(self) -> tuple[str, int] | None:
         """``(host, port)`` of a standalone client, for telemetry; None if unknown."""
@@ -327,31 +328,54 @@ class RedisTier:
         """Raw bytes for each key in one round trip (per slot on a cluster)."""
         if not keys:
             return []
-        mget = self.client.mget_nonatomic if self._cluster else self.client.mget
+        mget = self.client.mget_nonatomic if self.cluster else self.client.mget
         return list(self._call("MGET", mget, keys))
 
-    def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
-        """Many ``SET ... PX`` in one pipelined round trip (not a transaction)."""
-        if not items:
+    def set_many(
+        self,
+        items: Sequence[tuple[str, bytes, int]],
+        publish: tuple[str, bytes] | None = None,
+    ) -> None:
+        """Many ``SET ... PX`` in one pipelined round trip (not a transaction), followed in
+        the same round trip by ``PUBLISH channel message`` if ``publish`` is given (Redis
+        runs a connection's commands in order: the message follows the writes)."""
+        if not items and publish is None:
             return
 
         def pipelined() -> None:
             pipe = self.client.pipeline(transaction=False)
             for key, data, ttl_ms in items:
                 pipe.set(key, data, px=max(1, ttl_ms))
+            if publish is not None:
+                pipe.publish(*publish)
             pipe.execute()
 
         # Named as the database conventions name batches: PIPELINE + the one command.
-        self._call("SET" if len(items) == 1 else "PIPELINE SET", pipelined)
+        if publish is not None:
+            self._call("PIPELINE", pipelined)
+        else:
+            self._call("SET" if len(items) == 1 else "PIPELINE SET", pipelined)
 
     def set_nx(self, key: str, data: bytes, ttl_ms: int) -> bool:
         """``SET key data NX PX ttl_ms``; whether it was set."""
         return bool(self._call("SET NX", self.client.set, key, data, nx=True, px=ttl_ms))
 
-    def delete(self, keys: Sequence[str]) -> None:
-        """``UNLINK`` the keys (freed in the background by Redis)."""
-        if keys:
-            self._call("UNLINK", self.client.unlink, *keys)
+    def delete(self, keys: Sequence[str], publish: tuple[str, bytes] | None = None) -> None:
+        """``UNLINK`` the keys (freed in the background by Redis), followed in the same round
+        trip by ``PUBLISH channel message`` if ``publish`` is given."""
+        if publish is None:
+            if keys:
+                self._call("UNLINK", self.client.unlink, *keys)
+            return
+
+        def pipelined() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            if keys:
+                pipe.unlink(*keys)
+            pipe.publish(*publish)
+            pipe.execute()
+
+        self._call("PIPELINE", pipelined)
 
     def publish(self, channel: str, message: bytes) -> int:
         """``PUBLISH``; the number of subscribers that received it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from .bus_health import BusHealth
@@ -38,15 +39,22 @@ class Publisher:
         self._lock = threading.Lock()
         self._seq = 0
 
-    def publish(self, op: int, data: Any) -> None:
+    def publish(
+        self, op: int, data: Any, send: Callable[[str, bytes], object] | None = None
+    ) -> None:
         """Publish one message; raises `L2Error` on failure. A lost number shows up as a gap
-        at every receiver once a later message arrives."""
+        at every receiver once a later message arrives.
+
+        ``send(channel, message)``, if given, publishes it instead of a bare ``PUBLISH``: a
+        write that carries its own invalidation in the same round trip (the write first,
+        then the PUBLISH, in one pipeline). It runs under the lock that keeps numbers in
+        publish order, so a receiver sees this instance's messages in number order."""
         health = self._health
         with self._lock:
             self._seq += 1
             raw = encode_message(self.instance_id, self._seq, op, data)
             try:
-                self._redis.publish(self.channel, raw)
+                (send or self._redis.publish)(self.channel, raw)
             except L2Error:
                 health.publish_errors += 1
                 raise

@@ -46,9 +46,9 @@ class Invalidations:
         self._rkey = rkey
 
     def delete(self, keys: list[str]) -> None:
-        """UNLINK the keys and tell the other instances (raises L2Error)."""
-        self._coherence.l2.delete([self._rkey(key) for key in keys])
-        self._coherence.publish_keys(keys)
+        """UNLINK the keys and tell the other instances, in one round trip (raises
+        L2Error)."""
+        self._coherence.delete_and_publish(keys, [self._rkey(key) for key in keys])
 
     def invalidate_tags(self, tags: list[str]) -> None:
         """Move the tags' versions on and tell the other instances (raises L2Error)."""
@@ -154,8 +154,7 @@ class Writes:
                 blob = self._codec.frame(ready, life.expires_at, stamp.ns_version, stamp.tags)
                 # Redis keeps the entry through its fail-safe window too.
                 rows.append((self._rkey(key), blob, life.px_ms))
-            coherence.l2.set_many(rows)
-            coherence.publish_keys(keys)
+            coherence.set_and_publish(keys, rows)
             learned_at = stamp.learned_at
         except L2Error as exc:
             # Redis may hold the old value, or the new one unannounced: delete it there
