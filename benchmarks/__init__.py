@@ -4,4 +4,13 @@ Run ``python -m benchmarks [--quick] [names...]`` from the repository root; see 
 """
 
 #: Benchmark modules in the order ``python -m benchmarks`` runs them.
-BENCHMARKS = ("hot_path", "l2", "compression", "invalidation", "telemetry", "refresh", "soak")
+BENCHMARKS = (
+    "hot_path",
+    "memoize",
+    "l2",
+    "compression",
+    "invalidation",
+    "telemetry",
+    "refresh",
+    "soak",
+)
