@@ -165,14 +165,8 @@ class Memoized(Generic[P, R]):
         return self._call(*args, **kwargs)
 
     def _caller(self) -> Callable[..., R]:
-        lookup, keyer, func, ttl, tags = (
-            self._lookup,
-            self._keyer,
-            self._func,
-            self._ttl,
-            self._tags,
-        )
-        resolve, label = self._cache, self._label
+        lookup, keyer, func = self._lookup, self._keyer, self._func
+        ttl, tags, resolve, label = self._ttl, self._tags, self._cache, self._label
 
         def recover(
             error: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -182,8 +176,13 @@ class Memoized(Generic[P, R]):
                 return error.key, functools.partial(func, *args, **kwargs)
             if isinstance(error, TypeError):
                 # An unhashable argument (a list) cannot be looked up: key it from scratch,
-                # which also raises the TypeError naming an argument that cannot be encoded.
-                return keyer(args, kwargs), functools.partial(func, *args, **kwargs)
+                # which also raises the TypeError naming an argument that cannot be encoded
+                # (on its own: the map's failure adds nothing to it).
+                try:
+                    key = keyer(args, kwargs)
+                except TypeError as unencodable:
+                    raise unencodable from None
+                return key, functools.partial(func, *args, **kwargs)
             raise error
 
         def traced(cache: TierCache, key: str, loader: Callable[[], R]) -> R:
