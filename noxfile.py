@@ -39,9 +39,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package."""
+    """mypy --strict on the package, and on tests/typing (typed usage of the public API)."""
     session.install("-e", ".[dev]")
     session.run("mypy", "--strict", "tiercache")
+    session.run("mypy", "--strict", "tests/typing")
 
 
 @nox.session

@@ -6,6 +6,7 @@ Run ``python -m benchmarks [--quick] [names...]`` from the repository root; see 
 #: Benchmark modules in the order ``python -m benchmarks`` runs them.
 BENCHMARKS = (
     "hot_path",
+    "memoize",
     "l2",
     "compression",
     "invalidation",

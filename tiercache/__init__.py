@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from ._version import __version__
 from .cache import TierCache
@@ -56,11 +56,12 @@ __all__ = [
     "memoize",
 ]
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @overload
-def memoize(func: F, /) -> F: ...
+def memoize(func: Callable[P, R], /) -> Memoized[P, R]: ...
 @overload
 def memoize(
     func: None = None,
@@ -70,7 +71,7 @@ def memoize(
     tags: Iterable[str] = (),
     ignore: Iterable[str] = (),
     name: str | None = None,
-) -> Callable[[F], F]: ...
+) -> Callable[[Callable[P, R]], Memoized[P, R]]: ...
 def memoize(
     func: Callable[..., Any] | None = None,
     /,
@@ -84,8 +85,9 @@ def memoize(
     else L1-only), resolved at each call, so configuring after decorating works.
 
     Use bare (``@memoize``) or with options (``@memoize(ttl=60, tags=("prices",))``). The
-    decorated function gains ``.invalidate(*args, **kw)`` (drops one call's entry in every
-    instance) and ``.cache_key(*args, **kw)``. Arguments must be of types with a canonical
+    decorated function is a `Memoized` typed with its parameters and return type, and gains
+    ``.invalidate(*args, **kw)`` (drops one call's entry in every instance) and
+    ``.cache_key(*args, **kw)``. Arguments must be of types with a canonical
     encoding (see `tiercache.keys`); others raise ``TypeError``.
 
     Since: 0.1.0

@@ -11,7 +11,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import forking
 from .assembly import assemble
@@ -40,6 +40,9 @@ from .telemetry import (
     RecordKeys,
     Telemetry,
 )
+
+if TYPE_CHECKING:  # typing TierCache.memoize only; memoizing.py imports this module
+    from .memoizing import Memoized, P, R
 
 __all__ = ["TierCache"]
 
@@ -441,6 +444,17 @@ class TierCache:
             counts.update(self._coherence.bus.health())
         return counts
 
+    @overload
+    def memoize(self, ttl: Callable[P, R], /) -> Memoized[P, R]: ...
+    @overload
+    def memoize(
+        self,
+        ttl: Duration | None = None,
+        *,
+        tags: Iterable[str] = (),
+        ignore: Iterable[str] = (),
+        name: str | None = None,
+    ) -> Callable[[Callable[P, R]], Memoized[P, R]]: ...
     def memoize(
         self,
         ttl: Duration | Callable[..., Any] | None = None,
@@ -451,14 +465,15 @@ class TierCache:
     ) -> Any:
         """Decorate a function so its results are cached here, bare (``@cache.memoize``) or
         with options (``@cache.memoize(ttl=60, tags=("prices",))``); see `tiercache.memoize`.
+        Typed: the result is a `Memoized` with the function's parameters and return type.
 
         Since: 0.1.0
         """
         from .memoizing import memoize_with
 
         if callable(ttl) and not isinstance(ttl, (int, float)):
-            return memoize_with(lambda: self)(ttl)
-        return memoize_with(lambda: self, ttl=ttl, tags=tags, ignore=ignore, name=name)
+            return memoize_with(self)(ttl)
+        return memoize_with(self, ttl=ttl, tags=tags, ignore=ignore, name=name)
 
     def close(self) -> None:
         """Stop the listener, drop L1 and close the Redis client if `from_url`

@@ -23,7 +23,9 @@ from decimal import Decimal
 from typing import Any
 
 __all__ = [
+    "KEY_MAP_SIZE",
     "MAX_ARGUMENT_DEPTH",
+    "MAX_MAPPED_LENGTH",
     "MAX_TAG_LENGTH",
     "MEMO_PREFIX",
     "ArgumentKeyer",
@@ -31,6 +33,7 @@ __all__ = [
     "check_keys",
     "check_tags",
     "encode_argument",
+    "mappable",
 ]
 
 #: Longest tag accepted, in characters.
@@ -272,6 +275,39 @@ def _is_plain(value: object, depth: int = 0) -> bool:
     return False
 
 
+#: Most argument tuples one memoized function remembers the key of (least recently used
+#: first out), so a hit skips encoding and hashing. A tuple with a longer str/bytes argument
+#: than `MAX_MAPPED_LENGTH` is never remembered (the map would keep it alive).
+KEY_MAP_SIZE = 4096
+MAX_MAPPED_LENGTH = 256
+
+# Exact types whose equal values (same type, ==) always encode alike, so a map from an
+# argument tuple, with each argument's type, to its key never serves another tuple's key.
+# Left out: subclasses (may override __eq__/__hash__), Decimal (Decimal("1.0") ==
+# Decimal("1.00")), datetimes (equal instants in other zones), containers (may hold those),
+# objects with __tiercache_key__ (the key may change while the hash does not), and float
+# zero, checked apart (0.0 == -0.0, encoded apart).
+_MAPPABLE_TYPES = frozenset({str, int, bool, type(None), float, bytes, type})
+_SIZED = (str, bytes)
+
+
+def mappable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether the key of a call with these arguments may be remembered by the arguments
+    and their exact types (see `KEY_MAP_SIZE`).
+
+    Since: 0.2.0
+    """
+    for value in (*args, *kwargs.values()):
+        kind = type(value)
+        if kind not in _MAPPABLE_TYPES:
+            return False
+        if kind is float and value == 0.0:
+            return False
+        if kind in _SIZED and len(value) > MAX_MAPPED_LENGTH:
+            return False
+    return True
+
+
 def _cell_contents(cells: tuple[Any, ...]) -> tuple[Any, ...]:
     contents = []
     for cell in cells:
@@ -465,11 +501,30 @@ class ArgumentKeyer:
         captured objects that are not plain data (compare by identity)."""
         return self._origin
 
+    @property
+    def closure(self) -> bool:
+        """Whether the function has closure variables (its prefix may change when one is
+        rebound)."""
+        return bool(self._cells)
+
+    @property
+    def varying(self) -> bool:
+        """Whether a key may change while the arguments stay equal beyond what the prefix
+        tells: a callable instance's ``__tiercache_key__``, or a partial's bound arguments
+        that are not immutable scalars."""
+        if self._instance is not None:
+            return True
+        fixed = (*self._fixed_args, *self._fixed_kwargs.values())
+        return bool(fixed) and not mappable(fixed, {})
+
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The key for one call; `TypeError` if the arguments do not fit or encode."""
-        prefix = self._prefix
+        return self.key_with(self.prefix, args, kwargs)
+
+    def key_with(self, prefix: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The key for one call under ``prefix`` (`prefix` read by the caller, so a caller
+        that remembers keys by prefix and arguments stores the key it computed under it)."""
         if self._special:
-            prefix = self._current_prefix()
             if self._fixed_args:
                 args = self._fixed_args + args
             if self._fixed_kwargs:

@@ -10,6 +10,8 @@ import os
 import pickle
 import random
 import re
+import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -843,3 +845,178 @@ def test_live_callable_instances_without_key_hook_warn_of_a_key_collision(
     with pytest.warns(tiercache.KeyCollisionWarning):
         second = l1_cache.memoize()(Fetcher(object()))
     assert first.cache_key(1) == second.cache_key(1)
+
+
+# -- the key map: a hit remembers its key instead of encoding the arguments again -------------
+
+
+class KeySpy:
+    """Records the key of every memoized call made through ``cache`` (its get_or_set)."""
+
+    def __init__(self, cache: TierCache, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.keys: list[str] = []
+        original = cache.get_or_set
+
+        def get_or_set(key: str, *args: Any, **kwargs: Any) -> Any:
+            self.keys.append(key)
+            return original(key, *args, **kwargs)
+
+        monkeypatch.setattr(cache, "get_or_set", get_or_set)
+
+
+def test_typed_arguments_never_share_a_remembered_key(
+    cache: TierCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1, True, 1.0 and "1" (and 0.0 and -0.0) are equal or alike but keyed apart, on the
+    first call and on every later one, each under the key cache_key() names."""
+    spy = KeySpy(cache, monkeypatch)
+    loads = Loads()
+
+    @cache.memoize()
+    def f(x: object) -> str:
+        loads(x)
+        return f"{type(x).__name__}:{x!r}"
+
+    values: list[object] = [1, True, 1.0, "1", b"1", 0.0, -0.0, 0, False, None, "x" * 1_000]
+    for _ in range(3):
+        assert [f(v) for v in values] == [f"{type(v).__name__}:{v!r}" for v in values]
+    assert len(loads.calls) == len(values)
+    expected = [f.cache_key(v) for v in values]
+    assert len(set(expected)) == len(values)
+    assert spy.keys == expected * 3
+
+
+def test_keyword_and_positional_calls_use_the_same_key_as_before(
+    l1_cache: TierCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Positional, keyword and reordered keyword calls (and an omitted default) use one key,
+    the one cache_key() gives, on first and repeated calls."""
+    spy = KeySpy(l1_cache, monkeypatch)
+    loads = Loads()
+
+    @l1_cache.memoize()
+    def f(a: int, b: int = 2) -> int:
+        loads(a, b)
+        return a + b
+
+    for _ in range(2):
+        assert f(1) == f(1, 2) == f(1, b=2) == f(a=1, b=2) == f(b=2, a=1) == 3
+    assert loads.calls == [(1, 2)]
+    assert set(spy.keys) == {f.cache_key(1, 2)}
+    assert f.cache_key(1, 2) == f.cache_key(b=2, a=1)
+
+
+class Account:
+    """A key-hook object whose key follows a mutable attribute (its hash does not)."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+    def __tiercache_key__(self) -> int:
+        return self.number
+
+
+def test_a_key_hook_object_whose_key_changes_is_keyed_again(
+    cache: TierCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An argument with __tiercache_key__ is keyed at every call, not remembered: when its
+    key changes, the call uses the new key (and loads)."""
+    spy = KeySpy(cache, monkeypatch)
+    loads = Loads()
+
+    @cache.memoize()
+    def balance(account: Account) -> int:
+        loads(account.number)
+        return account.number * 10
+
+    account = Account(1)
+    assert balance(account) == balance(account) == 10
+    first = balance.cache_key(account)
+    account.number = 2
+    assert balance(account) == 20
+    assert loads.calls == [1, 2]
+    assert spy.keys == [first, first, balance.cache_key(account)] != [first] * 3
+
+
+def test_a_callable_instance_or_partial_whose_key_changes_is_keyed_again(
+    l1_cache: TierCache,
+) -> None:
+    """A memoized callable instance's __tiercache_key__, or a list bound by a memoized
+    partial, is read at every call: changing it changes the key."""
+
+    def total(items: list[int], extra: int) -> int:
+        return sum(items) + extra
+
+    items = [1]
+    summed = l1_cache.memoize()(functools.partial(total, items))
+    assert summed(1) == 2
+    items.append(10)
+    assert summed(1) == 12
+
+    class Rate:
+        def __init__(self, rate: int) -> None:
+            self.rate = rate
+
+        def __call__(self, x: int) -> int:
+            return x * self.rate
+
+        def __tiercache_key__(self) -> int:
+            return self.rate
+
+    rate = Rate(2)
+    scaled = l1_cache.memoize()(rate)
+    assert scaled(5) == 10
+    rate.rate = 3
+    assert scaled(5) == 15
+
+
+def test_the_key_map_is_bounded(l1_cache: TierCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The map remembers at most KEY_MAP_SIZE calls: the arguments of older ones (here
+    classes, which can be watched with weak references) are let go."""
+    monkeypatch.setattr("tiercache.memoizing.KEY_MAP_SIZE", 8)
+
+    @l1_cache.memoize()
+    def name_of(cls: type) -> str:
+        return cls.__name__
+
+    refs = []
+    for i in range(40):
+        cls = type(f"C{i}", (), {})
+        assert name_of(cls) == f"C{i}"
+        assert name_of(cls) == f"C{i}"
+        refs.append(weakref.ref(cls))
+    del cls
+    gc.collect()
+    alive = sum(ref() is not None for ref in refs)
+    assert 0 < alive <= 8
+
+
+def test_concurrent_calls_each_get_their_own_arguments_result(l1_cache: TierCache) -> None:
+    """Threads released together by a Barrier call with equal-but-differently-typed
+    arguments, first and repeated calls mixed: each gets the result for its own argument."""
+    values: list[object] = [*range(20), True, False, 1.0, 0.0, -0.0, "1", b"1", None]
+
+    @l1_cache.memoize()
+    def describe(x: object) -> str:
+        return f"{type(x).__name__}:{x!r}"
+
+    threads = 8
+    barrier = threading.Barrier(threads)
+    wrong: list[tuple[object, str]] = []
+
+    def work(seed: int) -> None:
+        order = values[seed:] + values[:seed]
+        barrier.wait()
+        for _ in range(50):
+            for v in order:
+                got = describe(v)
+                if got != f"{type(v).__name__}:{v!r}":
+                    wrong.append((v, got))
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert not any(w.is_alive() for w in workers)
+    assert wrong == []
