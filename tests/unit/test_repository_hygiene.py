@@ -80,3 +80,55 @@ def test_the_citation_pattern_catches_what_it_is_meant_to() -> None:
         assert OUTSIDE_CITATION.search(text), text
     for text in ("guarantee 3 of docs/consistency.md", "by design", "the notes field"):
         assert not OUTSIDE_CITATION.search(text), text
+
+
+# -- user docs speak of behaviour; the contributor page maps it to modules ---------------------
+
+PACKAGE = ROOT / "tiercache"
+_MODULE_PATH = re.compile(r"`(tiercache/[\w/]+\.py)`")
+
+
+def _package_modules() -> set[str]:
+    return {
+        path.relative_to(ROOT).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+
+
+def test_the_contributor_page_names_only_modules_that_exist() -> None:
+    """Every module named on docs/contributing.md is a file of the package."""
+    named = set(_MODULE_PATH.findall(CONTRIBUTING.read_text(encoding="utf-8")))
+    assert named, "docs/contributing.md names no module"
+    assert sorted(named - _package_modules()) == []
+
+
+def test_the_contributor_page_names_every_module() -> None:
+    """A new module of the package gets a line on docs/contributing.md."""
+    named = set(_MODULE_PATH.findall(CONTRIBUTING.read_text(encoding="utf-8")))
+    assert sorted(_package_modules() - named) == []
+
+
+def test_the_contributor_page_is_in_the_docs_navigation() -> None:
+    """docs/contributing.md is reachable from the site's navigation."""
+    assert "contributing.md" in (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "page",
+    [path for path in sorted(DOCS.glob("*.md")) if path != CONTRIBUTING],
+    ids=lambda path: path.name,
+)
+def test_user_docs_do_not_name_the_package_files(page: Path) -> None:
+    """User pages describe behaviour, not which file of tiercache implements it (that map is
+    on the contributor page); tests/ and benchmarks/ paths are fine."""
+    modules = {Path(name).name for name in _package_modules()}
+    pattern = re.compile(
+        r"(?<![\w/.-])(?:tiercache/)?(" + "|".join(map(re.escape, modules)) + r")\b"
+    )
+    hits = [
+        f"{page.name}:{number}: {line.strip()}"
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not hits, "user docs name package files:\n" + "\n".join(hits)
