@@ -30,7 +30,6 @@ OUTSIDE_CITATION = re.compile(
 #: for the entry to be removed. The list must end empty.
 CITATIONS_BEING_REMOVED = frozenset(
     {
-        "tiercache/invalidation.py",
         "tests/contract/test_failsafe.py",
     }
 )
