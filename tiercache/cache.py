@@ -58,10 +58,11 @@ class TierCache:
     Args:
         client: a redis-py client (``redis.Redis``, a Sentinel master, ``RedisCluster``)
             created with ``decode_responses=False``, or ``None`` for an L1-only cache.
-        **options: keyword-only, each defined once in ``tiercache.options.OPTIONS`` with its
-            default and check: ``namespace``, ``ttl``, ``l1_ttl``, ``l1_maxsize``, and the
-            rest, every one described in the API reference's "Constructor options" table.
-            A bad value raises ``TypeError``/``ValueError`` naming the option, before any I/O.
+
+    Every other argument is keyword-only and defined once in ``tiercache.options.OPTIONS``
+    with its default and check: ``namespace``, ``ttl``, ``l1_ttl``, ``l1_maxsize``, and the
+    rest, every one described in the API reference's "Constructor options" table. A bad
+    value raises ``TypeError``/``ValueError`` naming the option, before any I/O.
 
     Since: 0.1.0
     """

@@ -2,7 +2,8 @@
 from the user (guarantee 8).
 
 ``os.register_at_fork`` is the fast path (gunicorn, multiprocessing "fork"); uWSGI with
-default options does not run the hooks (field-notes 5), so every cache also compares
+default options does not run the hooks in its workers (and the parent's listener thread
+object still says it is alive there), so every cache also compares
 ``os.getpid()`` with the pid that built its state on its slow paths and at its periodic tick.
 The connection pool needs nothing from us: redis-py's ``ConnectionPool`` checks the pid itself.
 """

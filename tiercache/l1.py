@@ -7,8 +7,9 @@ deque, safe to append to from any thread). Everything that changes the map (fill
 invalidations, flushes) takes `LocalTier.lock`; a fill first replays the recorded hits into
 a `cachetools.LRUCache` that does the bookkeeping only (LRU order and the size bound) and
 whose evictions also drop the dict entry. LRU order is therefore approximate: hits count
-once replayed, and at most ``RECENT_HITS`` of them are kept between fills (field-notes 15:
-same hit ratio as exact LRU on Zipf workloads).
+once replayed, and at most ``RECENT_HITS`` of them are kept between fills (on Zipf
+workloads this gave the same hit ratio as exact LRU, to 4 decimals, with a buffer of 32 or
+more).
 
 Per-entry TTL: every read compares the entry's own deadline, so an expired entry is never
 served as fresh; until ``stale_until`` (its fail-safe window) it may still be served as
@@ -20,7 +21,9 @@ eagerly, but its heap costs 3 us per fill against 0.7 us here, on the path of ev
 Generations keep a slow load from writing back a value that an invalidation has made old
 (guarantee 3 within a process): a loader takes a `Ticket` before it reads L2 or runs, every
 invalidation of the key (and every flush) moves the generation on, and `LocalTier.fill`
-refuses a ticket whose generation has moved (field-notes 16).
+refuses a ticket whose generation has moved. Both halves matter: in a prototype, an
+invalidation that dropped the entry without the lock and the generation left a stale value
+cached in 718 of 1,500 rounds of a load-vs-invalidation race; with them, in none.
 """
 
 from __future__ import annotations
@@ -159,7 +162,7 @@ class LocalTier:
         self._tag_refs = 0
         self._next_sweep = timer() + SWEEP_INTERVAL
         # Told which keys (None: all) an invalidation overtook, e.g. so single-flight stops
-        # handing out loads that started before it (field-notes 16).
+        # handing out loads that started before it.
         self._on_invalidate = on_invalidate or _ignore
 
     def __len__(self) -> int:

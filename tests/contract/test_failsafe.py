@@ -1,4 +1,4 @@
-"""Resilience behaviours of TierCache: fail-safe stale values (design guarantee 6), loader
+"""Resilience behaviours of TierCache: fail-safe stale values (guarantee 6 of docs/consistency.md), loader
 soft/hard timeouts, refresh-ahead, ``none_ttl``, and the circuit breaker in front of Redis
 (guarantee 5).
 

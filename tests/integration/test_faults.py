@@ -1,4 +1,5 @@
-"""Fault injection against a real redis-server under concurrent load (design guarantees 5-7).
+"""Fault injection against a real redis-server under concurrent load (guarantees 5-7
+of docs/consistency.md).
 
 Each test runs 8 threads of mixed ``get_or_set`` / ``set`` / ``delete`` calls on two
 `TierCache` instances sharing a private server, injects one fault, and records what the

@@ -1,4 +1,9 @@
-"""Fork safety (design guarantee 8; field-notes 4, 5 and 14).
+"""Fork safety (guarantee 8 of docs/consistency.md).
+
+Why each case: a redis-py PubSub has no fork check (one inherited through fork splits the
+parent's messages with the child); uWSGI with default options does not run at-fork hooks;
+Python 3.14 makes ``forkserver`` the default start method on Linux, so the tests ask for
+the "fork" context explicitly.
 
 The parent holds a cache with L1 entries and a running, subscribed listener, then forks:
 with raw ``os.fork()``, with ``multiprocessing.get_context("fork")``, and with a fork after
@@ -175,7 +180,7 @@ def test_child_of_os_fork_starts_empty_subscribes_anew_and_steals_nothing(
     try:
         with monkeypatch.context() as patch:
             if not hooks_run:
-                # uWSGI does not run os.register_at_fork hooks (field-notes 5): hide the cache
+                # uWSGI does not run os.register_at_fork hooks by default: hide the cache
                 # from tiercache's hook, so only its pid checks can notice the fork.
                 patch.setattr(forking, "_tracked", weakref.WeakSet())
             pid = _fork_raw(lambda: _child_side(parent_cache, child_conn), child_conn)

@@ -1,4 +1,5 @@
-"""Propagation across processes and instances (design guarantees 1 and 2).
+"""Propagation across processes and instances (guarantees 1 and 2 of
+docs/consistency.md).
 
 Process A is spawned (a fresh interpreter), process B is forked; both live for the module
 and open new caches, on a new namespace, for every test. A caches entries in its L1, B

@@ -1,4 +1,5 @@
-"""Stampedes across processes: leases and single-flight (design guarantees 3 and 4).
+"""Stampedes across processes: leases and single-flight (guarantees 3 and 4
+of docs/consistency.md).
 
 Children are forked (``multiprocessing.get_context("fork")``); each builds its own cache and
 waits for its subscription before taking part. Loads are counted in Redis itself (``INCR`` on

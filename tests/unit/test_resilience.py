@@ -1,6 +1,10 @@
-"""The circuit breaker (``resilience.py``) and how ``RedisTier._call`` reports to it.
+"""The circuit breaker, tested through `CircuitBreaker` itself, and how `RedisTier`'s
+commands report to it, tested through `RedisTier`'s own methods.
 
-Every cooldown runs on a fake clock; concurrency is driven by Events with bounded waits.
+Redis goes down by switching the fakeredis server off (``FakeServer.connected = False``:
+every command raises ``ConnectionError``); failures fakeredis cannot produce (a timeout, an
+ACL refusal, a probe that never returns) replace the redis-py client's ``get``. Every
+cooldown runs on a fake clock; concurrency is driven by Events with bounded waits.
 """
 
 from __future__ import annotations
@@ -31,24 +35,32 @@ def breaker(clock: FakeClock) -> CircuitBreaker:
 
 
 @pytest.fixture
-def tier(breaker: CircuitBreaker) -> RedisTier:
-    return RedisTier(fakeredis.FakeRedis(server=fakeredis.FakeServer()), breaker)
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
 
 
-def unreachable() -> Any:
-    raise redis.ConnectionError("connection refused")
+@pytest.fixture
+def client(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
+    client = fakeredis.FakeRedis(server=server)
+    client.set("answered", b"PONG")
+    client.rpush("a-list", b"x")  # GET on it is an error reply: WRONGTYPE
+    return client
 
 
-def timed_out() -> Any:
-    raise redis.TimeoutError("timed out")
+@pytest.fixture
+def tier(client: fakeredis.FakeRedis, breaker: CircuitBreaker) -> RedisTier:
+    return RedisTier(client, breaker)
 
 
-def answered() -> str:
-    return "PONG"
-
-
-def error_reply() -> Any:
-    raise redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+def fail_unreachable(tier: RedisTier, server: fakeredis.FakeServer, times: int) -> None:
+    """``times`` reads that find Redis down, each raising L2Error; Redis is up again after."""
+    server.connected = False
+    try:
+        for _ in range(times):
+            with pytest.raises(L2Error):
+                tier.get("answered")
+    finally:
+        server.connected = True
 
 
 def open_breaker(breaker: CircuitBreaker) -> None:
@@ -175,48 +187,65 @@ def test_repr_names_the_settings_and_state(breaker: CircuitBreaker) -> None:
     assert "state='open'" in repr(breaker)
 
 
-# -- RedisTier._call: what counts as a failure ---------------------------------------------
+# -- RedisTier: what counts as a failure ---------------------------------------------------
 
 
-@pytest.mark.parametrize("error", [unreachable, timed_out], ids=["connection", "timeout"])
 def test_unreachable_redis_counts_as_failure_and_raises_l2_error(
-    tier: RedisTier, breaker: CircuitBreaker, error: Any
+    tier: RedisTier, server: fakeredis.FakeServer, breaker: CircuitBreaker
 ) -> None:
-    """Connection errors and timeouts become L2Error (cause kept) and count as failures."""
+    """A connection error becomes L2Error (cause kept) and counts as a failure."""
+    server.connected = False
     with pytest.raises(L2Error) as excinfo:
-        tier._call("GET", error)
-    assert isinstance(excinfo.value.__cause__, (redis.ConnectionError, redis.TimeoutError))
+        tier.get("answered")
+    assert isinstance(excinfo.value.__cause__, redis.ConnectionError)
+    assert not isinstance(excinfo.value, CircuitOpenError)
+    assert breaker.consecutive == 1
+
+
+def test_a_timeout_counts_as_failure_and_raises_l2_error(
+    tier: RedisTier,
+    client: fakeredis.FakeRedis,
+    breaker: CircuitBreaker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A timeout becomes L2Error (cause kept) and counts as a failure."""
+
+    def timed_out(*args: Any, **kwargs: Any) -> Any:
+        raise redis.TimeoutError("timed out")
+
+    monkeypatch.setattr(client, "get", timed_out)
+    with pytest.raises(L2Error) as excinfo:
+        tier.get("answered")
+    assert isinstance(excinfo.value.__cause__, redis.TimeoutError)
     assert not isinstance(excinfo.value, CircuitOpenError)
     assert breaker.consecutive == 1
 
 
 def test_three_unreachable_calls_open_the_breaker_and_the_fourth_is_not_attempted(
-    tier: RedisTier, breaker: CircuitBreaker
+    tier: RedisTier, server: fakeredis.FakeServer, breaker: CircuitBreaker
 ) -> None:
-    """Once open, _call raises CircuitOpenError without calling the function at all."""
-    for _ in range(3):
-        with pytest.raises(L2Error):
-            tier._call("GET", unreachable)
-    calls: list[int] = []
+    """Once open, every command raises CircuitOpenError without reaching Redis, even one
+    that Redis (up again) would answer."""
+    fail_unreachable(tier, server, 3)
 
     with pytest.raises(CircuitOpenError):
-        tier._call("GET", lambda: calls.append(1))
+        tier.get("answered")
+    with pytest.raises(CircuitOpenError):
+        tier.get_many(["answered"])
 
-    assert calls == []
     assert breaker.state == OPEN
-    assert breaker.skipped == 1
+    assert breaker.skipped == 2
 
 
-def test_error_reply_counts_as_success(tier: RedisTier, breaker: CircuitBreaker) -> None:
-    """An error reply (OOM, WRONGTYPE) raises L2Error but proves Redis is there: it resets
+def test_error_reply_counts_as_success(
+    tier: RedisTier, server: fakeredis.FakeServer, breaker: CircuitBreaker
+) -> None:
+    """An error reply (WRONGTYPE, OOM) raises L2Error but proves Redis is there: it resets
     the failure count, so failures around it never open the breaker."""
     for _ in range(4):
-        with pytest.raises(L2Error):
-            tier._call("GET", unreachable)
-        with pytest.raises(L2Error):
-            tier._call("GET", unreachable)
+        fail_unreachable(tier, server, 2)
         with pytest.raises(L2Error) as excinfo:
-            tier._call("SET", error_reply)
+            tier.get("a-list")
         assert isinstance(excinfo.value.__cause__, redis.ResponseError)
     assert breaker.state == CLOSED
     assert breaker.opens == 0
@@ -229,50 +258,59 @@ def test_error_reply_to_the_probe_closes_the_breaker(
     open_breaker(breaker)
     clock.advance(5.0)
     with pytest.raises(L2Error):
-        tier._call("SET", error_reply)
+        tier.get("a-list")
     assert breaker.state == CLOSED
 
 
 @pytest.mark.parametrize(
     "error",
-    [AuthenticationError("invalid password"), NoPermissionError("no permissions for SET")],
+    [AuthenticationError("invalid password"), NoPermissionError("no permissions for GET")],
     ids=["auth", "acl"],
 )
 def test_config_errors_propagate_unchanged_and_do_not_open_the_breaker(
-    tier: RedisTier, breaker: CircuitBreaker, error: Exception
+    tier: RedisTier,
+    client: fakeredis.FakeRedis,
+    breaker: CircuitBreaker,
+    error: Exception,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Wrong credentials / ACL refusals are raised as themselves (not L2Error) and count as
     an answer from Redis, never against it."""
 
-    def refused() -> Any:
+    def refused(*args: Any, **kwargs: Any) -> Any:
         raise error
 
+    monkeypatch.setattr(client, "get", refused)
     for _ in range(5):
         with pytest.raises(type(error)) as excinfo:
-            tier._call("GET", refused)
+            tier.get("answered")
         assert excinfo.value is error
         assert not isinstance(excinfo.value, L2Error)
     assert breaker.state == CLOSED
     assert breaker.opens == 0
 
 
-def test_probe_success_through_call_closes_the_breaker(
+def test_probe_success_closes_the_breaker_and_returns_the_answer(
     tier: RedisTier, breaker: CircuitBreaker, clock: FakeClock
 ) -> None:
-    """After reset_after, the next _call is the probe: its answer is returned and closes
+    """After reset_after, the next command is the probe: its answer is returned and closes
     the breaker."""
     open_breaker(breaker)
     with pytest.raises(CircuitOpenError):
-        tier._call("GET", answered)
+        tier.get("answered")
     clock.advance(5.0)
 
-    assert tier._call("GET", answered) == "PONG"
+    assert tier.get("answered") == b"PONG"
 
     assert breaker.state == CLOSED
 
 
 def test_concurrent_callers_are_skipped_while_the_probe_is_in_flight(
-    tier: RedisTier, breaker: CircuitBreaker, clock: FakeClock
+    tier: RedisTier,
+    client: fakeredis.FakeRedis,
+    breaker: CircuitBreaker,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """While one probe is waiting for Redis, every other caller gets CircuitOpenError at
     once; when the probe succeeds, calls go through again."""
@@ -281,13 +319,15 @@ def test_concurrent_callers_are_skipped_while_the_probe_is_in_flight(
     probing = threading.Event()
     release = threading.Event()
     results: list[Any] = []
+    real_get = client.get
 
-    def slow_probe() -> str:
+    def slow_get(*args: Any, **kwargs: Any) -> Any:
         probing.set()
         assert release.wait(WAIT)
-        return "PONG"
+        return real_get(*args, **kwargs)
 
-    prober = threading.Thread(target=lambda: results.append(tier._call("GET", slow_probe)))
+    monkeypatch.setattr(client, "get", slow_get)
+    prober = threading.Thread(target=lambda: results.append(tier.get("answered")))
     prober.start()
     try:
         assert probing.wait(WAIT)
@@ -296,7 +336,7 @@ def test_concurrent_callers_are_skipped_while_the_probe_is_in_flight(
 
         def other() -> None:
             try:
-                tier._call("GET", answered)
+                tier.get_many(["answered"])
             except CircuitOpenError as exc:
                 others.append(exc)
 
@@ -310,27 +350,33 @@ def test_concurrent_callers_are_skipped_while_the_probe_is_in_flight(
     finally:
         release.set()
         prober.join(WAIT)
-    assert results == ["PONG"]
+    assert results == [b"PONG"]
     assert breaker.state == CLOSED
-    assert tier._call("GET", answered) == "PONG"
+    assert tier.get_many(["answered"]) == [b"PONG"]
 
 
 def test_breaker_recovers_after_a_probe_that_raised_a_non_redis_exception(
-    tier: RedisTier, breaker: CircuitBreaker, clock: FakeClock
+    tier: RedisTier,
+    client: fakeredis.FakeRedis,
+    breaker: CircuitBreaker,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A probe that dies of an unexpected exception must not wedge the breaker: after
     another reset_after a new probe is let through."""
     open_breaker(breaker)
     clock.advance(5.0)
 
-    def interrupted() -> Any:
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("not a Redis error")
 
-    with pytest.raises(RuntimeError):
-        tier._call("GET", interrupted)
+    with monkeypatch.context() as patch:
+        patch.setattr(client, "get", interrupted)
+        with pytest.raises(RuntimeError):
+            tier.get("answered")
     clock.advance(5.0)
 
-    assert tier._call("GET", answered) == "PONG"
+    assert tier.get("answered") == b"PONG"
     assert breaker.state == CLOSED
 
 
