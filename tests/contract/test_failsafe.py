@@ -1,6 +1,6 @@
-"""Resilience behaviours of TierCache: fail-safe stale values (guarantee 6 of docs/consistency.md), loader
-soft/hard timeouts, refresh-ahead, ``none_ttl``, and the circuit breaker in front of Redis
-(guarantee 5).
+"""Resilience behaviours of TierCache: fail-safe stale values (guarantee 6 of
+docs/consistency.md), loader soft/hard timeouts, refresh-ahead, ``none_ttl``, and the
+circuit breaker in front of Redis (guarantee 5).
 
 TTLs, logical expiry and the breaker's cooldown follow a fake clock (``timer=``). Loaders
 that must be slow block on an Event with a bounded wait and are released by the test; the
