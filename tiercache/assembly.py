@@ -25,6 +25,7 @@ from .lifetimes import Lifetimes
 from .loading import Loads
 from .options import Breaker, Settings
 from .pending import PendingWrites
+from .propagation import Propagation
 from .reading import L2Reader
 from .resilience import CircuitBreaker
 from .stats import Counters, RateLimitedLog
@@ -86,11 +87,17 @@ def assemble(client: Any, settings: Settings, label: str) -> Parts:
         limits = settings.breaker or Breaker(failures=2**31, reset_after=1.0)
         breaker = CircuitBreaker(limits.failures, limits.reset_after, clock)
         l2 = RedisTier(client, breaker, telemetry)
-        coherence = Coherence(l1, l2, settings.namespace, settings.l1_ttl, counters, clock)
+    lifetimes = Lifetimes(settings, clock, wall, two_tier=l2 is not None)
+    if l2 is not None:
+        propagation = Propagation(
+            l1, codec, lifetimes, counters, max_value_bytes=settings.propagate_values
+        )
+        coherence = Coherence(
+            l1, l2, settings.namespace, settings.l1_ttl, counters, clock, propagation
+        )
     pending = PendingWrites()
     background = Background(settings.background_workers, "tiercache-load")
     lifecycle = Lifecycle(label, None if coherence is None else coherence.bus)
-    lifetimes = Lifetimes(settings, clock, wall, two_tier=l2 is not None)
     rkey = entry_key(settings.namespace)
     reader = invalidations = None
     if l2 is not None and coherence is not None:

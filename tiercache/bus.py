@@ -23,7 +23,7 @@ from .bus_redis import BusRedis
 from .errors import ConfigurationError
 from .inbox import Receiver
 from .listener import Listener
-from .messages import OP_CLEAR, OP_KEYS, OP_TAGS, channel_name
+from .messages import OP_CLEAR, OP_KEYS, OP_TAGS, OP_VALUES, channel_name
 from .publisher import Publisher
 from .stats import RateLimitedLog
 
@@ -39,8 +39,14 @@ class InvalidationBus(Protocol):
 
     def publish_keys(
         self, keys: list[str], send: Callable[[str, bytes], object] | None = None
-    ) -> None:
+    ) -> int:
         """Tell the other instances these keys changed (raises `L2Error`)."""
+        ...
+
+    def publish_values(
+        self, pairs: list[list[Any]], send: Callable[[str, bytes], object] | None = None
+    ) -> int:
+        """Tell the other instances these keys were written, values included."""
         ...
 
     def publish_clear(self, ns_version: int) -> None:
@@ -107,10 +113,18 @@ class Bus:
 
     def publish_keys(
         self, keys: list[str], send: Callable[[str, bytes], object] | None = None
-    ) -> None:
+    ) -> int:
         """Tell the other instances these keys changed (raises `L2Error`); ``send``: a
-        write that publishes the message in its own round trip (`Publisher.publish`)."""
-        self.publisher.publish(OP_KEYS, keys, send)
+        write that publishes the message in its own round trip (`Publisher.publish`).
+        Returns the message's number."""
+        return self.publisher.publish(OP_KEYS, keys, send)
+
+    def publish_values(
+        self, pairs: list[list[Any]], send: Callable[[str, bytes], object] | None = None
+    ) -> int:
+        """Tell the other instances these keys were written, with the entry of each small
+        value (``[key, entry or None]``), as `publish_keys` does."""
+        return self.publisher.publish(OP_VALUES, pairs, send)
 
     def publish_clear(self, ns_version: int) -> None:
         """Tell the other instances the namespace was cleared (raises `L2Error`)."""

@@ -80,6 +80,7 @@ class TierCache:
         max_value_bytes: int = DEFAULTS["max_value_bytes"],
         serializer: Serializer | None = DEFAULTS["serializer"],
         compressor: Compressor | None = DEFAULTS["compressor"],
+        propagate_values: int = DEFAULTS["propagate_values"],
         raise_on_write_error: bool = DEFAULTS["raise_on_write_error"],
         lease_ttl: Duration = DEFAULTS["lease_ttl"],
         lease_wait: Duration = DEFAULTS["lease_wait"],

@@ -21,6 +21,7 @@ from .entry import Entry, TagVersions
 from .l1 import LocalTier
 from .l2 import RedisTier
 from .lease import Leases
+from .propagation import Propagation
 from .stats import Counters
 from .versions import NAMESPACE, Versions
 
@@ -53,9 +54,12 @@ class Coherence:
         l1_ttl: float,
         counters: Counters,
         clock: Callable[[], float],
+        propagation: Propagation | None = None,
     ) -> None:
         self._l1 = l1
         self._counters = counters
+        #: Values sent with invalidations (``propagate_values``), or None.
+        self.propagation = propagation
         #: The Redis tier this coherence works through.
         self.l2 = l2
         self.l1_ttl = l1_ttl
@@ -109,11 +113,22 @@ class Coherence:
         round trip (a pipeline whose PUBLISH follows the writes, so a receiver that drops
         its copy can only re-read the new value). Raises L2Error."""
         l2 = self.l2
-        if l2.cluster:  # keys span nodes: a pipeline would not order the PUBLISH after them
-            l2.set_many(rows)
-            self.bus.publish_keys(keys)
+        propagation = self.propagation
+        if propagation is None or not propagation.max_value_bytes:
+            if l2.cluster:  # keys span nodes: a pipeline would not order the PUBLISH after them
+                l2.set_many(rows)
+                self.bus.publish_keys(keys)
+                return
+            self.bus.publish_keys(keys, lambda channel, raw: l2.set_many(rows, (channel, raw)))
             return
-        self.bus.publish_keys(keys, lambda channel, raw: l2.set_many(rows, (channel, raw)))
+        pairs = propagation.message(keys, rows)
+        if l2.cluster:
+            l2.set_many(rows)
+            seq = self.bus.publish_values(pairs)
+        else:
+            send = lambda channel, raw: l2.set_many(rows, (channel, raw))  # noqa: E731
+            seq = self.bus.publish_values(pairs, send)
+        propagation.written(keys, seq)
 
     def delete_and_publish(self, keys: list[str], rkeys: list[str]) -> None:
         """``UNLINK`` ``rkeys`` and tell the other instances that ``keys`` changed, in one
@@ -138,6 +153,18 @@ class Coherence:
     def apply_keys(self, keys: list[str]) -> None:
         """Another instance changed these keys."""
         self._l1.invalidate(keys)
+
+    def apply_values(self, pairs: list[list[object]]) -> None:
+        """Another instance wrote these keys, with the values it sent (`propagation.py`)."""
+        if self.propagation is None:
+            self._l1.invalidate([str(key) for key, _ in pairs])
+            return
+        self.propagation.apply(pairs, self.validate)
+
+    def own_echo(self, seq: int) -> None:
+        """Our own message ``seq`` came back."""
+        if self.propagation is not None:
+            self.propagation.echoed(seq)
 
     def apply_clear(self, ns_version: int) -> None:
         """Another instance cleared the namespace."""
@@ -165,6 +192,8 @@ class Coherence:
         """Reset process-local state in a forked child."""
         self.bus.reset_after_fork()
         self.versions.reset_after_fork()
+        if self.propagation is not None:
+            self.propagation.reset_after_fork()
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the listener (waiting at most ``timeout`` seconds for it)."""

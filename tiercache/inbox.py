@@ -20,7 +20,7 @@ from typing import Protocol
 from cachetools import LRUCache
 
 from .bus_health import BusHealth
-from .messages import OP_CLEAR, OP_KEYS, OP_PROBE, OP_TAGS, Message, decode_message
+from .messages import OP_CLEAR, OP_KEYS, OP_PROBE, OP_TAGS, OP_VALUES, Message, decode_message
 from .stats import RateLimitedLog
 
 __all__ = ["Inbox", "Receiver"]
@@ -43,6 +43,12 @@ class Receiver(Protocol):
 
     def flush_l1(self, reason: str) -> None:
         """Something may have been missed: drop every L1 entry."""
+
+    def apply_values(self, pairs: list[list[object]]) -> None:
+        """Another instance wrote these keys: keep the values it sent, drop the others."""
+
+    def own_echo(self, seq: int) -> None:
+        """Our own message number ``seq`` came back: everything before it was heard."""
 
 
 class Inbox:
@@ -91,7 +97,10 @@ class Inbox:
             return False
         if message.origin == self._instance_id:
             health.ignored += 1
-            return message.op == OP_PROBE and message.data == self.probe
+            if message.op == OP_PROBE:
+                return bool(message.data == self.probe)
+            self._receiver.own_echo(message.seq)
+            return False
         if message.op == OP_PROBE:
             health.probes_heard += 1  # another instance's start-up check: not an invalidation
         last = self._origins.get(message.origin)
@@ -116,3 +125,5 @@ class Inbox:
             self._receiver.apply_clear(message.data)
         elif message.op == OP_TAGS:
             self._receiver.apply_tags(message.data)
+        elif message.op == OP_VALUES:
+            self._receiver.apply_values(message.data)

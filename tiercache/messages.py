@@ -9,6 +9,11 @@
                        OP_CLEAR: data = namespace version   drop all L1 entries
                        OP_TAGS: data = {tag: version}       drop L1 entries with those tags
                        OP_PROBE: data = 16 random bytes     the start-up self-check
+                       OP_VALUES: data = [[key, entry], ...]  keys written by ``set``:
+                                  ``entry`` is the bytes stored in Redis (header and
+                                  payload) for a small value, which receivers put in
+                                  L1 in message order; nil for a value sent as a
+                                  plain invalidation
 
 Versions are integers from 0 to ``MAX_VERSION`` (2**53 - 1, see ``entry.py``); a message
 carrying any other is undecodable: learning it would make every entry look stale.
@@ -32,6 +37,7 @@ __all__ = [
     "OP_KEYS",
     "OP_PROBE",
     "OP_TAGS",
+    "OP_VALUES",
     "ORIGIN_SIZE",
     "Message",
     "MessageError",
@@ -45,7 +51,8 @@ OP_KEYS = 1
 OP_CLEAR = 2
 OP_TAGS = 3
 OP_PROBE = 4
-_OPS = {OP_KEYS, OP_CLEAR, OP_TAGS, OP_PROBE}
+OP_VALUES = 5
+_OPS = {OP_KEYS, OP_CLEAR, OP_TAGS, OP_PROBE, OP_VALUES}
 #: Bytes in a publisher's instance id.
 ORIGIN_SIZE = 16
 
@@ -109,6 +116,17 @@ def decode_message(raw: object) -> Message:
         raise MessageError("bad origin, seq or op: seq must be an int >= 1, op a known int")
     if op == OP_KEYS and not (isinstance(data, list) and all(type(k) is str for k in data)):
         raise MessageError("OP_KEYS data must be a list of str")
+    if op == OP_VALUES and not (
+        isinstance(data, list)
+        and all(
+            isinstance(pair, list)
+            and len(pair) == 2
+            and type(pair[0]) is str
+            and (pair[1] is None or type(pair[1]) is bytes)
+            for pair in data
+        )
+    ):
+        raise MessageError("OP_VALUES data must be a list of [str, bytes or nil]")
     if op == OP_CLEAR and not _is_version(data):
         raise MessageError(f"OP_CLEAR data must be an int from 0 to {MAX_VERSION}")
     if op == OP_TAGS and not (

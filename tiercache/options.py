@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_KEY_LENGTH",
     "DEFAULT_MAX_VALUE_BYTES",
     "DEFAULT_NAMESPACE",
+    "DEFAULT_PROPAGATE_VALUES",
     "DEFAULT_TTL",
     "MAX_DURATION",
     "OPTIONS",
@@ -65,6 +66,8 @@ DEFAULT_LEASE_WAIT = 5.0
 #: After serving a stale value because the loader failed, how long to wait before calling
 #: the loader for that key again.
 DEFAULT_FAIL_SAFE_THROTTLE = 10.0
+#: Values up to this many bytes (as stored) travel with their invalidation message.
+DEFAULT_PROPAGATE_VALUES = 0
 #: Threads that run loads in the background (soft/hard timeouts, refresh-ahead).
 DEFAULT_BACKGROUND_WORKERS = 4
 
@@ -292,6 +295,15 @@ OPTIONS: tuple[Option, ...] = (
         "more than `max_size` bytes); zstd by default",
     ),
     Option(
+        "propagate_values",
+        DEFAULT_PROPAGATE_VALUES,
+        "`0` (off)",
+        _int("propagate_values", 0),
+        "a `set` sends values up to this many bytes (as stored, e.g. `4096`) with its "
+        "invalidation, and other instances keep them in L1 instead of reading them back from "
+        "Redis; `0`: invalidate only (see [value propagation](consistency.md#value-propagation))",
+    ),
+    Option(
         "raise_on_write_error",
         False,
         "`False`",
@@ -448,6 +460,7 @@ class Settings:
     max_value_bytes: int
     serializer: Any
     compressor: Any
+    propagate_values: int
     raise_on_write_error: bool
     lease_ttl: float
     lease_wait: float

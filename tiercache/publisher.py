@@ -41,14 +41,15 @@ class Publisher:
 
     def publish(
         self, op: int, data: Any, send: Callable[[str, bytes], object] | None = None
-    ) -> None:
+    ) -> int:
         """Publish one message; raises `L2Error` on failure. A lost number shows up as a gap
         at every receiver once a later message arrives.
 
         ``send(channel, message)``, if given, publishes it instead of a bare ``PUBLISH``: a
         write that carries its own invalidation in the same round trip (the write first,
         then the PUBLISH, in one pipeline). It runs under the lock that keeps numbers in
-        publish order, so a receiver sees this instance's messages in number order."""
+        publish order, so a receiver sees this instance's messages in number order.
+        Returns the message's number."""
         health = self._health
         with self._lock:
             self._seq += 1
@@ -61,3 +62,4 @@ class Publisher:
             health.sent += 1
             if op == OP_PROBE:
                 health.probes_sent += 1
+            return self._seq

@@ -42,6 +42,7 @@ COUNTERS = (
     "refreshes",
     "refresh_errors",
     "unstorable",
+    "values_received",
     "loads_served",
     "read_misses",
     "read_errors",
@@ -82,6 +83,8 @@ class Counters:
         self.refresh_errors = 0
         #: Loaded values returned uncached because they cannot be stored.
         self.unstorable = 0
+        #: Values another instance sent with its invalidation and this one kept in L1.
+        self.values_received = 0
         # Per read, by how it was answered (with l1_hits, l2_hits, load_waits and
         # stale_serves, one count per key read: what tiercache.requests reports).
         self.loads_served = 0

@@ -411,6 +411,12 @@ class NullReceiver:
     def flush_l1(self, reason: str) -> None:
         """Nothing to drop."""
 
+    def apply_values(self, pairs: list[list[object]]) -> None:
+        """Nothing to keep."""
+
+    def own_echo(self, seq: int) -> None:
+        """Nothing was written."""
+
 
 def test_refused_subscription_is_retried_with_growing_backoff(
     fresh_redis_server: RedisServer, namespace: str

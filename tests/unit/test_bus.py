@@ -104,6 +104,12 @@ class RecordingReceiver:
     def flush_l1(self, reason: str) -> None:
         self.calls.append(("flush", reason))
 
+    def apply_values(self, pairs: list[list[object]]) -> None:
+        self.calls.append(("values", pairs))
+
+    def own_echo(self, seq: int) -> None:
+        self.calls.append(("echo", seq))
+
 
 @pytest.fixture
 def broker() -> FakeRedis:
@@ -211,7 +217,9 @@ def test_inbox_sets_a_baseline_ignores_old_numbers_and_flushes_on_a_gap() -> Non
 
 
 def test_inbox_recognises_its_own_probe_and_ignores_its_own_echo() -> None:
-    """Only the awaited probe of this instance reports True; own messages are ignored."""
+    """Only the awaited probe of this instance reports True; own messages are not applied,
+    but the echo of an own invalidation is reported (its number: value propagation needs
+    to know when its own write's message came back)."""
     receiver, health = RecordingReceiver(), BusHealth()
     inbox = _inbox(receiver, health)
     inbox.probe = b"nonce"
@@ -221,7 +229,7 @@ def test_inbox_recognises_its_own_probe_and_ignores_its_own_echo() -> None:
     assert inbox.on_message(encode_message(b"\x01" * 16, 3, OP_PROBE, b"nonce"))
     assert not inbox.on_message(b"garbage \xc1")
 
-    assert receiver.calls == []
+    assert receiver.calls == [("echo", 1)]
     assert (health.received, health.ignored, health.undecodable) == (4, 3, 1)
 
 

@@ -1,0 +1,78 @@
+"""Value propagation across instances (``propagate_values``), on fakeredis and on a real
+redis-server: a set hands the other instances its value; guarantees 1-3 still hold."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from tests.support import WAIT, CacheFactory, FakeClock, Loader, subscribed, wait_until
+from tiercache import TierCache
+
+LIMIT = 4096
+
+
+@pytest.fixture
+def make_cache(
+    redis_client: redis.Redis, namespace: str, clock: FakeClock
+) -> Iterator[Callable[..., TierCache]]:
+    """Caches with value propagation on, each subscribed before use."""
+    with CacheFactory(
+        redis_client, settle=True, namespace=namespace, timer=clock, propagate_values=LIMIT
+    ) as make:
+        yield make
+
+
+def test_a_set_puts_the_new_value_in_the_other_instances_l1(make_cache) -> None:
+    """After A.set, B serves the new value from its own L1: no Redis read, no load."""
+    a, b = make_cache(), make_cache()
+    subscribed(a, probe=True)
+    subscribed(b, probe=True)
+    assert b.get_or_set("k", Loader("v1")) == "v1"
+    a.set("k", {"v": 2})
+    assert wait_until(lambda: b.stats()["values_received"] == 1)
+    hits = b.stats()["l2_hits"]
+    assert b.get_or_set("k", Loader("never")) == {"v": 2}
+    assert b.stats()["l2_hits"] == hits
+    assert b.stats()["loads"] == 1
+
+
+def test_a_value_over_the_limit_is_a_plain_invalidation(make_cache) -> None:
+    """A value larger than propagate_values drops B's copy; B reads the new one from Redis."""
+    a, b = make_cache(), make_cache()
+    subscribed(a, probe=True)
+    subscribed(b, probe=True)
+    b.get_or_set("k", Loader("small"))
+    big = os.urandom(2 * LIMIT)  # incompressible: the limit is on the bytes as stored
+    a.set("k", big)
+    assert wait_until(lambda: b.stats()["l1_size"] == 0)
+    assert b.get("k") == big
+    assert b.stats()["values_received"] == 0
+
+
+def test_a_receivers_load_in_flight_does_not_overwrite_a_propagated_value(make_cache) -> None:
+    """B starts loading k (slow); A sets k; B's older load ends after the value arrived: B
+    keeps A's value (guarantee 3), in L1 and in Redis."""
+    a, b = make_cache(), make_cache()
+    subscribed(a, probe=True)
+    subscribed(b, probe=True)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        entered.set()
+        release.wait(WAIT)
+        return "from B's old load"
+
+    worker = threading.Thread(target=lambda: b.get_or_set("k", slow), daemon=True)
+    worker.start()
+    assert entered.wait(WAIT)
+    a.set("k", "from A")
+    assert wait_until(lambda: b.stats()["values_received"] == 1)
+    release.set()
+    worker.join(WAIT)
+    assert b.get("k") == "from A"
+    assert a.get("k") == "from A"
