@@ -23,7 +23,7 @@ from .bus_redis import BusRedis
 from .errors import ConfigurationError
 from .inbox import Receiver
 from .listener import Listener
-from .messages import OP_CLEAR, OP_KEYS, OP_TAGS, OP_VALUES, channel_name
+from .messages import OP_CLEAR, OP_KEYS, OP_READY, OP_TAGS, OP_VALUES, channel_name
 from .publisher import Publisher
 from .stats import RateLimitedLog
 
@@ -47,6 +47,10 @@ class InvalidationBus(Protocol):
         self, pairs: list[list[Any]], send: Callable[[str, bytes], object] | None = None
     ) -> int:
         """Tell the other instances these keys were written, values included."""
+        ...
+
+    def publish_ready(self, keys: list[str]) -> int:
+        """Wake the processes waiting for these keys' leases."""
         ...
 
     def publish_clear(self, ns_version: int) -> None:
@@ -126,6 +130,10 @@ class Bus:
         value (``[key, entry or None]``), as `publish_keys` does."""
         return self.publisher.publish(OP_VALUES, pairs, send)
 
+    def publish_ready(self, keys: list[str]) -> int:
+        """Tell the processes waiting for these keys' leases that their holder is done."""
+        return self.publisher.publish(OP_READY, keys)
+
     def publish_clear(self, ns_version: int) -> None:
         """Tell the other instances the namespace was cleared (raises `L2Error`)."""
         self.publisher.publish(OP_CLEAR, ns_version)
@@ -176,6 +184,11 @@ class Bus:
     def health(self) -> dict[str, int]:
         """Bus counters for ``stats()`` (the ``bus_*`` keys)."""
         return self._health.snapshot()
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the listener is subscribed right now (messages can reach us)."""
+        return self._health.subscribed
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the listener and unsubscribe; bounded by ``timeout``."""

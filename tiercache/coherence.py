@@ -21,6 +21,7 @@ from .entry import Entry, TagVersions
 from .l1 import LocalTier
 from .l2 import RedisTier
 from .lease import Leases
+from .lease_waits import LeaseWaits
 from .propagation import Propagation
 from .stats import Counters
 from .versions import NAMESPACE, Versions
@@ -65,6 +66,8 @@ class Coherence:
         self.l1_ttl = l1_ttl
         self.versions = Versions(l2, namespace, refresh_after=l1_ttl / 2, clock=clock)
         self.leases = Leases(l2)
+        #: This instance's callers waiting for other processes' leases.
+        self.lease_waits = LeaseWaits()
         self.bus = Bus(l2, namespace, receiver=self)
 
     # -- versions ------------------------------------------------------------------------
@@ -161,6 +164,10 @@ class Coherence:
             return
         self.propagation.apply(pairs, self.validate)
 
+    def apply_ready(self, keys: list[str]) -> None:
+        """A lease holder is done with these keys: wake this instance's waiters."""
+        self.lease_waits.wake(keys)
+
     def own_echo(self, seq: int) -> None:
         """Our own message ``seq`` came back."""
         if self.propagation is not None:
@@ -192,6 +199,7 @@ class Coherence:
         """Reset process-local state in a forked child."""
         self.bus.reset_after_fork()
         self.versions.reset_after_fork()
+        self.lease_waits.reset_after_fork()
         if self.propagation is not None:
             self.propagation.reset_after_fork()
 

@@ -60,7 +60,10 @@ _FLAG_ZSTD = 0x01
 _FLAG_CUSTOM = 0x02
 _FLAG_TAGS = 0x04
 _FLAG_LEASE = 0x08
-_KNOWN_FLAGS = _FLAG_ZSTD | _FLAG_CUSTOM | _FLAG_TAGS | _FLAG_LEASE
+# On a lease placeholder: processes wait for its value (set by the waiters' script, so the
+# holder's write knows to wake them).
+_FLAG_WAITERS = 0x10
+_KNOWN_FLAGS = _FLAG_ZSTD | _FLAG_CUSTOM | _FLAG_TAGS | _FLAG_LEASE | _FLAG_WAITERS
 #: The largest namespace or tag version: Lua (the version bump) is exact only below 2**53.
 MAX_VERSION = 2**53 - 1
 
@@ -221,11 +224,12 @@ class EntryCodec:
         version, flags, expires_ms, ns_version = _HEADER.unpack_from(data)
         if version != FORMAT_VERSION:
             raise CorruptEntryError(f"unknown entry format version {version}")
-        if flags & ~_KNOWN_FLAGS:
+        # The waiters bit only means something on a lease placeholder.
+        if flags & ~_KNOWN_FLAGS or (flags & _FLAG_WAITERS and not flags & _FLAG_LEASE):
             raise CorruptEntryError(f"unknown entry flags 0x{flags:02x}")
         if flags & _FLAG_LEASE:
             token = data[HEADER_SIZE : HEADER_SIZE + LEASE_TOKEN_SIZE]
-            if flags != _FLAG_LEASE or len(token) != LEASE_TOKEN_SIZE:
+            if flags & ~(_FLAG_LEASE | _FLAG_WAITERS) or len(token) != LEASE_TOKEN_SIZE:
                 raise CorruptEntryError("malformed lease placeholder")
             return Lease(token, data[HEADER_SIZE + LEASE_TOKEN_SIZE :])
         if (flags & _FLAG_CUSTOM) != self._flags:

@@ -20,7 +20,16 @@ from typing import Protocol
 from cachetools import LRUCache
 
 from .bus_health import BusHealth
-from .messages import OP_CLEAR, OP_KEYS, OP_PROBE, OP_TAGS, OP_VALUES, Message, decode_message
+from .messages import (
+    OP_CLEAR,
+    OP_KEYS,
+    OP_PROBE,
+    OP_READY,
+    OP_TAGS,
+    OP_VALUES,
+    Message,
+    decode_message,
+)
 from .stats import RateLimitedLog
 
 __all__ = ["Inbox", "Receiver"]
@@ -49,6 +58,9 @@ class Receiver(Protocol):
 
     def own_echo(self, seq: int) -> None:
         """Our own message number ``seq`` came back: everything before it was heard."""
+
+    def apply_ready(self, keys: list[str]) -> None:
+        """A lease holder is done with these keys: wake the callers waiting for them."""
 
 
 class Inbox:
@@ -127,3 +139,5 @@ class Inbox:
             self._receiver.apply_tags(message.data)
         elif message.op == OP_VALUES:
             self._receiver.apply_values(message.data)
+        elif message.op == OP_READY:
+            self._receiver.apply_ready(message.data)

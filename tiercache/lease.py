@@ -46,25 +46,68 @@ end
 return 0
 """
 
-_WRITE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+# A placeholder's flags byte (the 2nd) gets bit 0x10 when processes wait for its value: the
+# holder's write and release then return 2, and the holder tells them (a READY message).
+_OURS = """
+local function ours(cur, placeholder)
+  if cur == placeholder then return 1 end
+  if cur == false or #cur ~= #placeholder then return 0 end
+  local flags = string.byte(cur, 2)
+  if flags >= 16 and string.sub(cur, 1, 1) == string.sub(placeholder, 1, 1)
+      and string.char(flags - 16) == string.sub(placeholder, 2, 2)
+      and string.sub(cur, 3) == string.sub(placeholder, 3) then
+    return 2
+  end
+  return 0
+end
+"""
+
+_WRITE = (
+    _OURS
+    + """
+local mine = ours(redis.call('GET', KEYS[1]), ARGV[1])
+if mine > 0 then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return mine
+"""
+)
+
+# A waiter registers: if the key still holds a lease placeholder (flags bit 0x08), set bit
+# 0x10 on it (keeping its TTL) and return 1; else return what the key holds now (nil or a
+# value), so a value written between the waiter's read and this call is not missed.
+_WAIT = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false then return false end
+local flags = string.byte(cur, 2) or 0
+if #cur >= 2 and flags % 16 >= 8 then
+  if flags < 16 then
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl > 0 then
+      redis.call('SET', KEYS[1], string.sub(cur, 1, 1) .. string.char(flags + 16)
+        .. string.sub(cur, 3), 'PX', ttl)
+    end
+  end
   return 1
 end
-return 0
+return cur
 """
 
 # Give the lease back: restore the stale entry it kept (ARGV[2], for ARGV[3] ms), or delete.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+_RELEASE = (
+    _OURS
+    + """
+local mine = ours(redis.call('GET', KEYS[1]), ARGV[1])
+if mine > 0 then
   if ARGV[2] ~= '' then
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-    return 1
+  else
+    redis.call('DEL', KEYS[1])
   end
-  return redis.call('DEL', KEYS[1])
 end
-return 0
+return mine
 """
+)
 
 
 class Leases:
@@ -73,13 +116,14 @@ class Leases:
     Since: 0.1.0
     """
 
-    __slots__ = ("_acquire", "_by_digest", "_l2", "_release", "_write")
+    __slots__ = ("_acquire", "_by_digest", "_l2", "_release", "_wait", "_write")
 
     def __init__(self, l2: RedisTier) -> None:
         self._l2 = l2
         self._acquire: Any = l2.script(_ACQUIRE)
         self._write: Any = l2.script(_WRITE)
         self._release: Any = l2.script(_RELEASE)
+        self._wait: Any = l2.script(_WAIT)
         self._by_digest = True
 
     def acquire(
@@ -122,14 +166,28 @@ class Leases:
         with contextlib.suppress(L2Error):
             self._l2.delete([lock_key])
 
-    def write(self, rkey: str, placeholder: bytes, blob: bytes, ttl_ms: int) -> bool:
-        """Store ``blob`` if the lease is still ours; whether it was stored."""
+    def write(self, rkey: str, placeholder: bytes, blob: bytes, ttl_ms: int) -> int:
+        """Store ``blob`` if the lease is still ours: 0 if it was not stored, 1 if it was,
+        2 if it was and processes registered to wait for it (tell them: `Bus.publish_ready`)."""
         done = self._l2.run(self._write, "lease write", rkey, placeholder, blob, max(1, ttl_ms))
-        return bool(done == 1)
+        return int(done or 0)
 
-    def release(self, rkey: str, placeholder: bytes, restore: bytes = b"", ttl_ms: int = 0) -> None:
+    def release(self, rkey: str, placeholder: bytes, restore: bytes = b"", ttl_ms: int = 0) -> int:
         """Give the lease back (the load failed), restoring ``restore`` for ``ttl_ms`` if
-        given; errors are swallowed: the lease expires anyway."""
+        given; returns as `write` does (0 on an error, which is swallowed: the lease
+        expires anyway)."""
         keep = restore if ttl_ms > 0 else b""
         with contextlib.suppress(L2Error):
-            self._l2.run(self._release, "lease release", rkey, placeholder, keep, max(1, ttl_ms))
+            done = self._l2.run(
+                self._release, "lease release", rkey, placeholder, keep, max(1, ttl_ms)
+            )
+            return int(done or 0)
+        return 0
+
+    def wait_for(self, rkey: str) -> bytes | bool | None:
+        """Register as a waiter on ``rkey``'s lease: True if it still holds a placeholder
+        (its holder will say when it is done), else what it holds now (None: nothing)."""
+        found = self._l2.run(self._wait, "lease wait", rkey)
+        if found == 1:
+            return True
+        return found if isinstance(found, bytes) else None

@@ -49,6 +49,10 @@ __all__ = ["Loads"]
 
 _LEASE_POLL_FIRST = 0.001
 _LEASE_POLL_MAX = 0.025
+# Longest wait for a lease holder's READY before reading the key again (a lost message).
+_READY_WAIT = 0.05
+# What a lease write or release returns when processes registered to wait for it.
+_WAITED_FOR = 2
 #: What a load's first L2 read can be besides a `Read`: not read yet.
 _NOT_READ: Any = None
 
@@ -58,11 +62,18 @@ Outcome = tuple[Any, Prepared | None]
 class _LeaseWriter:
     """The right to write one key: our lease placeholder, and what to restore if we fail."""
 
-    __slots__ = ("placeholder", "restore", "restore_ms", "rkey", "stamp")
+    __slots__ = ("key", "placeholder", "restore", "restore_ms", "rkey", "stamp")
 
     def __init__(
-        self, rkey: str, placeholder: bytes, stamp: Stamp, restore: bytes, restore_ms: int
+        self,
+        key: str,
+        rkey: str,
+        placeholder: bytes,
+        stamp: Stamp,
+        restore: bytes,
+        restore_ms: int,
     ) -> None:
+        self.key = key
         self.rkey = rkey
         self.placeholder = placeholder
         self.stamp = stamp
@@ -307,19 +318,33 @@ class Loads:
     def _write_with_lease(self, writer: _LeaseWriter, blob: bytes, ttl_ms: int) -> None:
         assert self.coherence is not None
         try:
-            if not self.coherence.leases.write(writer.rkey, writer.placeholder, blob, ttl_ms):
-                # set()/delete() revoked the lease, or the load outlived it.
-                self.counters.lease_lost += 1
+            done = self.coherence.leases.write(writer.rkey, writer.placeholder, blob, ttl_ms)
         except L2Error as exc:
             self.counters.l2_write_errors += 1
             self.l2_log.warning("write", "tiercache: L2 write failed: %s", exc)
+            return
+        if not done:
+            # set()/delete() revoked the lease, or the load outlived it.
+            self.counters.lease_lost += 1
+        elif done == _WAITED_FOR:
+            self._ready(writer)
 
     def abort(self, writer: _LeaseWriter) -> None:
         """Give the lease back (the load failed or its value cannot be stored)."""
         assert self.coherence is not None
-        self.coherence.leases.release(
+        done = self.coherence.leases.release(
             writer.rkey, writer.placeholder, writer.restore, writer.restore_ms
         )
+        if done == _WAITED_FOR:
+            self._ready(writer)  # they stop waiting, and one of them loads
+
+    def _ready(self, writer: _LeaseWriter) -> None:
+        """Other processes registered to wait for this lease: tell them it is over."""
+        assert self.coherence is not None
+        try:
+            self.coherence.bus.publish_ready([writer.key])
+        except L2Error as exc:  # they wake at their next bounded wait instead
+            self.l2_log.warning("write", "tiercache: could not tell lease waiters: %s", exc)
 
     def finish_late(
         self,
@@ -409,7 +434,7 @@ class _Load:
         rkey = reader.rkey(self.key)
         started = time.monotonic()
         pause = _LEASE_POLL_FIRST
-        waited = False
+        waited = registered = False
         stamp: Stamp | None = None
         first, self.first = self.first, _NOT_READ
         while first is not _NOT_READ or invalidations.usable():
@@ -431,8 +456,26 @@ class _Load:
                 if elapsed >= settings.lease_wait:
                     loads.counters.lease_timeouts += 1
                     break
-                time.sleep(pause)  # another process is loading this key: wait for its value
-                pause = min(pause * 2, _LEASE_POLL_MAX)
+                if not coherence.bus.subscribed:
+                    # No READY can reach us: poll for the holder's value.
+                    time.sleep(pause)
+                    pause = min(pause * 2, _LEASE_POLL_MAX)
+                    continue
+                if not registered:
+                    registered = True
+                    try:
+                        state = coherence.leases.wait_for(rkey)
+                    except L2Error:
+                        state = True  # wait anyway: the next read tells
+                    if state is not True:
+                        # The holder was done before we registered: read what it left.
+                        assert not isinstance(state, bool)
+                        first = reader.classify(self.key, state, loads.lifetimes.wall())
+                        continue
+                # Woken by the holder's READY; the bound covers a lost message.
+                remaining = settings.lease_wait - elapsed
+                if coherence.lease_waits.wait(self.key, min(remaining, _READY_WAIT)):
+                    loads.counters.lease_wakeups += 1
                 continue
             keep, keep_ms = b"", 0
             seen: bytes | None = None
@@ -459,7 +502,7 @@ class _Load:
                 loads.l2_log.warning("write", "tiercache: L2 write (lease) failed: %s", exc)
                 break
             if placeholder is not None:
-                writer = _LeaseWriter(rkey, placeholder, stamp, keep, keep_ms)
+                writer = _LeaseWriter(self.key, rkey, placeholder, stamp, keep, keep_ms)
                 return self._load(ticket, fallback, writer)
             # The key changed under us: read what it holds now.
         # No lease: load, keep the value in L1, but never write it to L2.

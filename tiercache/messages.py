@@ -14,6 +14,9 @@
                                   payload) for a small value, which receivers put in
                                   L1 in message order; nil for a value sent as a
                                   plain invalidation
+                       OP_READY: data = [key, ...]          a lease holder is done with
+                                  these keys (written or given back): wake the
+                                  callers waiting for them
 
 Versions are integers from 0 to ``MAX_VERSION`` (2**53 - 1, see ``entry.py``); a message
 carrying any other is undecodable: learning it would make every entry look stale.
@@ -36,6 +39,7 @@ __all__ = [
     "OP_CLEAR",
     "OP_KEYS",
     "OP_PROBE",
+    "OP_READY",
     "OP_TAGS",
     "OP_VALUES",
     "ORIGIN_SIZE",
@@ -52,7 +56,8 @@ OP_CLEAR = 2
 OP_TAGS = 3
 OP_PROBE = 4
 OP_VALUES = 5
-_OPS = {OP_KEYS, OP_CLEAR, OP_TAGS, OP_PROBE, OP_VALUES}
+OP_READY = 6
+_OPS = {OP_KEYS, OP_CLEAR, OP_TAGS, OP_PROBE, OP_VALUES, OP_READY}
 #: Bytes in a publisher's instance id.
 ORIGIN_SIZE = 16
 
@@ -114,8 +119,10 @@ def decode_message(raw: object) -> Message:
         raise MessageError(f"bad origin, seq or op: origin must be {ORIGIN_SIZE} bytes")
     if type(seq) is not int or seq < 1 or type(op) is not int or op not in _OPS:
         raise MessageError("bad origin, seq or op: seq must be an int >= 1, op a known int")
-    if op == OP_KEYS and not (isinstance(data, list) and all(type(k) is str for k in data)):
-        raise MessageError("OP_KEYS data must be a list of str")
+    if op in (OP_KEYS, OP_READY) and not (
+        isinstance(data, list) and all(type(k) is str for k in data)
+    ):
+        raise MessageError("OP_KEYS and OP_READY data must be a list of str")
     if op == OP_VALUES and not (
         isinstance(data, list)
         and all(

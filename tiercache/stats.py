@@ -37,6 +37,7 @@ COUNTERS = (
     "lease_waits",
     "lease_timeouts",
     "lease_lost",
+    "lease_wakeups",
     "stale_serves",
     "load_timeouts",
     "refreshes",
@@ -77,6 +78,8 @@ class Counters:
         self.lease_waits = 0
         self.lease_timeouts = 0
         self.lease_lost = 0
+        #: Lease waits ended by the holder's READY message (not by a poll or a timeout).
+        self.lease_wakeups = 0
         self.stale_serves = 0
         self.load_timeouts = 0
         self.refreshes = 0

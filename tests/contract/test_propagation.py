@@ -3,6 +3,7 @@ redis-server: a set hands the other instances its value; guarantees 1-3 still ho
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -76,3 +77,66 @@ def test_a_receivers_load_in_flight_does_not_overwrite_a_propagated_value(make_c
     worker.join(WAIT)
     assert b.get("k") == "from A"
     assert a.get("k") == "from A"
+
+
+# -- lease waiters woken by the holder ---------------------------------------------------------
+
+
+def test_a_lease_waiter_is_woken_by_the_holders_ready_message(make_cache) -> None:
+    """B finds A loading k (A holds the lease) and waits; A's write tells B at once (READY,
+    sent because B registered), and B serves A's value without loading."""
+    a, b = make_cache(), make_cache()
+    subscribed(a, probe=True)
+    subscribed(b, probe=True)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        entered.set()
+        release.wait(WAIT)
+        return "from A"
+
+    loader_b = Loader("from B")
+    results: list[object] = []
+    worker_a = threading.Thread(target=lambda: a.get_or_set("k", slow), daemon=True)
+    worker_a.start()
+    assert entered.wait(WAIT)
+    worker_b = threading.Thread(target=lambda: results.append(b.get_or_set("k", loader_b)))
+    worker_b.start()
+    assert wait_until(lambda: b.stats()["lease_waits"] == 1)
+    release.set()
+    worker_a.join(WAIT)
+    worker_b.join(WAIT)
+    assert results == ["from A"]
+    assert loader_b.calls == 0
+    assert b.stats()["lease_wakeups"] == 1
+
+
+def test_a_failed_load_wakes_its_waiters_who_then_load(make_cache) -> None:
+    """A's loader raises: A gives the lease back and tells B, who loads at once."""
+    a, b = make_cache(), make_cache()
+    subscribed(a, probe=True)
+    subscribed(b, probe=True)
+    entered, release = threading.Event(), threading.Event()
+
+    def failing() -> str:
+        entered.set()
+        release.wait(WAIT)
+        raise RuntimeError("db down")
+
+    results: list[object] = []
+    worker_a = threading.Thread(target=lambda: _swallow(lambda: a.get_or_set("k", failing)))
+    worker_a.start()
+    assert entered.wait(WAIT)
+    worker_b = threading.Thread(target=lambda: results.append(b.get_or_set("k", Loader("B"))))
+    worker_b.start()
+    assert wait_until(lambda: b.stats()["lease_waits"] == 1)
+    release.set()
+    worker_a.join(WAIT)
+    worker_b.join(WAIT)
+    assert results == ["B"]
+    assert b.stats()["lease_wakeups"] == 1
+
+
+def _swallow(call: Callable[[], object]) -> None:
+    with contextlib.suppress(RuntimeError):
+        call()

@@ -417,6 +417,9 @@ class NullReceiver:
     def own_echo(self, seq: int) -> None:
         """Nothing was written."""
 
+    def apply_ready(self, keys: list[str]) -> None:
+        """Nobody waits."""
+
 
 def test_refused_subscription_is_retried_with_growing_backoff(
     fresh_redis_server: RedisServer, namespace: str

@@ -110,6 +110,9 @@ class RecordingReceiver:
     def own_echo(self, seq: int) -> None:
         self.calls.append(("echo", seq))
 
+    def apply_ready(self, keys: list[str]) -> None:
+        self.calls.append(("ready", keys))
+
 
 @pytest.fixture
 def broker() -> FakeRedis:

@@ -132,7 +132,7 @@ def test_unknown_version_is_a_message_error(version: Any) -> None:
         pytest.param((ORIGIN, "1", OP_CLEAR), id="seq-str"),
         pytest.param((ORIGIN, None, OP_CLEAR), id="seq-nil"),
         pytest.param((ORIGIN, 1, 0), id="op-0"),
-        pytest.param((ORIGIN, 1, 6), id="op-6"),
+        pytest.param((ORIGIN, 1, 7), id="op-7"),
         pytest.param((ORIGIN, 1, -1), id="op-negative"),
         pytest.param((ORIGIN, 1, "1"), id="op-str"),
         pytest.param((ORIGIN, 1, None), id="op-nil"),

@@ -1,0 +1,63 @@
+"""Process-local waits for other processes' leases, woken by their holders' READY messages.
+
+A caller that finds another process loading its key (a lease placeholder) registers in the
+placeholder (``lease.py``) and waits here. When the holder writes its value, or gives the
+lease back, it publishes one READY message naming the key (only when someone registered, so
+loads do not broadcast), and every instance that receives it wakes its waiters for that key
+at once, instead of their sleeping through polls of one to tens of milliseconds while the
+load takes a fraction of one. Each wait is still bounded (a lost message, a bus that is
+down): the waiter then reads the key again, as a poll would.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+__all__ = ["LeaseWaits"]
+
+
+class LeaseWaits:
+    """Events keyed by cache key, set by READY messages.
+
+    Since: 0.2.0
+    """
+
+    __slots__ = ("_events", "_lock")
+
+    def __init__(self) -> None:
+        # Guards _events: key -> [event, number of waiters].
+        self._lock = threading.Lock()
+        self._events: dict[str, list[object]] = {}
+
+    def wait(self, key: str, timeout: float) -> bool:
+        """Block until a READY for ``key`` arrives or ``timeout`` passes; whether woken."""
+        with self._lock:
+            slot = self._events.get(key)
+            if slot is None:
+                slot = self._events[key] = [threading.Event(), 0]
+            slot[1] = int(slot[1]) + 1  # type: ignore[call-overload]
+            event = slot[0]
+        assert isinstance(event, threading.Event)
+        try:
+            return event.wait(timeout)
+        finally:
+            with self._lock:
+                slot[1] = int(slot[1]) - 1  # type: ignore[call-overload]
+                if slot[1] == 0 and self._events.get(key) is slot:
+                    del self._events[key]
+
+    def wake(self, keys: Iterable[str]) -> None:
+        """A READY message named these keys: wake their waiters (the next ones wait anew)."""
+        with self._lock:
+            for key in keys:
+                slot = self._events.pop(key, None)
+                if slot is not None:
+                    event = slot[0]
+                    assert isinstance(event, threading.Event)
+                    event.set()
+
+    def reset_after_fork(self) -> None:
+        """No waiter exists in a forked child (a parent thread may hold the lock)."""
+        self._lock = threading.Lock()
+        self._events = {}
