@@ -79,6 +79,11 @@ class Coherence:
         pairs = tuple((tag, current[tag]) for tag in tag_list)
         return Stamp(current[NAMESPACE], pairs, learned_at)
 
+    def namespace_version(self) -> tuple[int, float] | None:
+        """``(version, learned at)`` of the namespace, if known and young enough to trust
+        (lock-free; a batch read checks untagged entries against it once)."""
+        return self.versions.fresh(NAMESPACE)
+
     def validate(self, entry: Entry) -> float | None:
         """None if ``entry`` is older than a current version; else when the versions it was
         checked against were learned (L1 may keep it at most ``l1_ttl`` past that).

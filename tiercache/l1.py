@@ -125,6 +125,7 @@ class LocalTier:
         "_on_invalidate",
         "_tag_keys",
         "_tag_refs",
+        "changes",
         "data",
         "held",
         "lock",
@@ -153,6 +154,9 @@ class LocalTier:
         self._book = _Bookkeeper(maxsize, self.data, self.held)
         # Bumped by every flush: tickets taken before it can no longer fill.
         self._epoch = 0
+        #: Bumped by every invalidation, write and flush (under the lock); read without it by
+        #: batch reads, which fill nothing if it moved while they read L2 (`fill_read`).
+        self.changes = 0
         # key -> [outstanding tickets, generation]; only keys with a load in progress, so it
         # stays as small as the number of concurrent loads.
         self._inflight: dict[str, list[int]] = {}
@@ -272,6 +276,30 @@ class LocalTier:
                     deadline = now + ttl
                     self._fill(key, value, deadline, now + max(ttl, stale_for), ticket, tags)
 
+    def fill_read(
+        self, items: Sequence[tuple[str, Any, float, float, Sequence[str]]], seen: int
+    ) -> bool:
+        """Keep entries read from L2, ``(key, value, ttl, stale_for, tags)``, in one pass
+        under one lock, unless anything was invalidated, written or flushed since `changes`
+        was ``seen`` (then nothing is kept: one of them may be older than that change).
+        Whether they were kept."""
+        with self.lock:
+            if self.changes != seen:
+                return False
+            now = self.timer()
+            self._before_fills(now)
+            book, data, held = self._book, self.data, self.held
+            for key, value, ttl, stale_for, tags in items:
+                book[key] = None  # may evict the least recently used entry
+                data[key] = (value, now + ttl, now + max(ttl, stale_for))
+                held.pop(key, None)  # a fresh value supersedes a stale one held
+                for tag in tags:
+                    self._tag_keys.setdefault(tag, set()).add(key)
+                    self._tag_refs += 1
+            if self._tag_refs > 2 * self._book.maxsize + 1024:
+                self._prune_tags()
+        return True
+
     def invalidate(self, keys: Iterable[str]) -> None:
         """Drop ``keys`` and overtake their loads in flight."""
         keys = list(keys)
@@ -289,6 +317,7 @@ class LocalTier:
         tags = set(tags)
         with self.lock:
             self._epoch += 1
+            self.changes += 1
             for tag in tags:
                 for key in self._tag_keys.pop(tag, ()):
                     self.data.pop(key, None)
@@ -305,6 +334,7 @@ class LocalTier:
         ``detach`` (an invalidation), later callers also stop joining those loads."""
         with self.lock:
             self._epoch += 1
+            self.changes += 1
             self.data.clear()
             self._book.clear()
             self.recent.clear()
@@ -380,6 +410,7 @@ class LocalTier:
                     self._book.pop(key, None)
 
     def _bump(self, key: str) -> None:
+        self.changes += 1
         record = self._inflight.get(key)
         if record is not None:
             record[1] += 1

@@ -112,6 +112,11 @@ class Lifetimes:
         l1_ttl = min(self._l1_ttl, expires_at - now, learned_at + self._l1_ttl - self.clock())
         return Lifetime(l1_ttl, expires_at + self._stale_ttl - now, expires_at)
 
+    def hit_bound(self, learned_at: float) -> float:
+        """The longest L1 lifetime an entry checked against versions learned at
+        ``learned_at`` may get, now (`hit` without the entry: for a batch, once)."""
+        return min(self._l1_ttl, learned_at + self._l1_ttl - self.clock())
+
     def stale_until(self, expires_at: float) -> float:
         """Seconds from now an expired entry stays inside its fail-safe window."""
         return expires_at + self._stale_ttl - self.wall()

@@ -23,7 +23,7 @@ A load that overran its timeout finishes on a background worker and still fills 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -209,25 +209,30 @@ class Loads:
         if not missing or reader is None or invalidations is None or not invalidations.usable():
             self.counters.read_misses += len(missing)
             return found
-        # One lock round for all tickets, one for all fills, one for all releases.
-        with self.l1.tickets(missing) as tickets:
-            reads = reader.read_many(missing)
-            if isinstance(reads, Failed):
-                self.counters.read_misses += len(missing)
-                return found
-            fills = []
+        # One snapshot of L1's change counter instead of a ticket per key: if anything is
+        # invalidated while L2 is read, nothing read is kept (it is still returned).
+        seen = self.l1.changes
+        hits = reader.hits(missing)
+        if isinstance(hits, Failed):
+            self.counters.read_misses += len(missing)
+            return found
+        if hits:
             wall = self.lifetimes.wall()
-            hit_lifetime = self.lifetimes.hit
-            for key, read, ticket in zip(missing, reads, tickets, strict=True):
-                if isinstance(read, Hit):
-                    hit = read.entry
-                    found[key] = hit.value
-                    life = hit_lifetime(hit.expires_at, read.learned_at, wall)
-                    if life.l1_ttl > 0:
-                        tags = [tag for tag, _ in hit.tags] if hit.tags else ()
-                        fills.append((key, hit.value, life.l1_ttl, ticket, tags, life.stale_for))
+            stale_ttl = self.settings.stale_ttl
+            bounds: dict[float, float] = {}
+            fills: list[tuple[str, Any, float, float, Sequence[str]]] = []
+            for key, hit, learned_at in hits:
+                found[key] = hit.value
+                bound = bounds.get(learned_at)
+                if bound is None:
+                    bound = bounds[learned_at] = self.lifetimes.hit_bound(learned_at)
+                ttl = min(bound, hit.expires_at - wall)
+                if ttl > 0:
+                    tags = [tag for tag, _ in hit.tags] if hit.tags else ()
+                    stale_for = hit.expires_at + stale_ttl - wall
+                    fills.append((key, hit.value, ttl, stale_for, tags))
             if fills:
-                self.l1.fill_many(fills)
+                self.l1.fill_read(fills, seen)
         self.counters.read_misses += len(missing) + l1_found - len(found)
         return found
 

@@ -458,3 +458,19 @@ def test_the_sweep_drops_held_values_past_their_hold(tier: LocalTier, clock: Fak
     tier.fill("d", 4, 10)
     tier.fill("e", 5, 10)
     assert sorted(tier.data) == ["c", "d", "e"]  # their LRU slots were free again
+
+
+def test_a_batch_fill_keeps_nothing_if_anything_changed_while_l2_was_read(
+    tier: LocalTier,
+) -> None:
+    """fill_read: a batch read's entries are kept only if no invalidation, write or flush
+    happened since its snapshot of `changes` (one of them may be older than that change)."""
+    seen = tier.changes
+    tier.invalidate(["unrelated"])
+    assert not tier.fill_read([("a", 1, 10.0, 10.0, ())], seen)
+    assert tier.get("a") is None
+    seen = tier.changes
+    assert tier.fill_read([("a", 1, 10.0, 10.0, ("t",))], seen)
+    assert value_of(tier, "a") == 1
+    tier.invalidate_tags(["t"])
+    assert tier.get("a") is None

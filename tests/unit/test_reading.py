@@ -43,6 +43,9 @@ class StubVersions:
     def validate(self, entry: Entry) -> float | None:
         return None if entry.ns_version < self.current else self.learned_at
 
+    def namespace_version(self) -> tuple[int, float] | None:
+        return (self.current, self.learned_at)
+
 
 @pytest.fixture
 def parts() -> tuple[L2Reader, DictStore, StubVersions, Counters, EntryCodec]:
@@ -106,3 +109,25 @@ def test_a_stale_entry_offers_a_fallback_for_what_is_left_of_its_window(parts) -
     fallback = reader.fallback(found)
     assert fallback is not None
     assert (fallback.value, fallback.tags, fallback.for_seconds) == ("old", ["t"], 59.0)
+
+
+def test_a_batch_read_returns_only_the_hits_and_counts_the_rest(parts) -> None:
+    """hits(): the servable entries of many keys in one round trip; everything else is
+    counted exactly as single reads count it."""
+    reader, store, _versions, counters, codec = parts
+    store.data["ns:fresh"] = codec.encode("v", NOW + 10, 1)
+    store.data["ns:tagged"] = codec.encode("t", NOW + 10, 1, (("tag", 1),))
+    store.data["ns:expired"] = codec.encode("old", NOW - 1, 1)
+    store.data["ns:cleared"] = codec.encode("before", NOW + 10, 0)
+    store.data["ns:garbage"] = b"\x00garbage"
+    store.data["ns:leased"] = lease_placeholder(b"t" * 16)
+    keys = ["fresh", "tagged", "expired", "cleared", "garbage", "leased", "absent"]
+    found = reader.hits(keys)
+    assert not isinstance(found, Failed)
+    assert [(key, entry.value) for key, entry, _ in found] == [("fresh", "v"), ("tagged", "t")]
+    assert (counters.l2_hits, counters.l2_misses, counters.l2_corrupt, counters.l2_stale) == (
+        2,
+        5,
+        1,
+        1,
+    )
