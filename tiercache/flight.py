@@ -71,10 +71,14 @@ class SingleFlight:
         self._lock = threading.Lock()
         self._calls: dict[str, _Call] = {}
 
-    def run(self, key: str, fn: Callable[[], Any]) -> tuple[Any, bool]:
+    def run(
+        self, key: str, fn: Callable[[], Any], on_wait: Callable[[], object] | None = None
+    ) -> tuple[Any, bool]:
         """Return ``(fn's result, whether this caller ran it)``. If ``fn`` raised an
         ``Exception``, every caller that waited for it raises a copy of it; if it raised
-        another ``BaseException``, waiters run the load again."""
+        another ``BaseException``, waiters run the load again. ``on_wait`` runs once before
+        this caller starts waiting for another's call (to give back what only a leader
+        would have used)."""
         while True:
             running = _running.get()
             with self._lock:
@@ -92,6 +96,9 @@ class SingleFlight:
                         running[-1].waiting_for = call
             if done is None:
                 return self._lead(call, running, fn), True
+            if on_wait is not None:
+                on_wait()
+                on_wait = None
             try:
                 done.wait()
             finally:

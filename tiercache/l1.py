@@ -36,10 +36,19 @@ from typing import Any
 
 from cachetools import LRUCache
 
-__all__ = ["RECENT_HITS", "SWEEP_INTERVAL", "LocalTier", "Ticket", "Tickets"]
+__all__ = [
+    "RECENT_HITS",
+    "RECENT_INVALIDATIONS",
+    "SWEEP_INTERVAL",
+    "LocalTier",
+    "Ticket",
+    "Tickets",
+]
 
 #: How many hits are remembered between two fills for the LRU order.
 RECENT_HITS = 1024
+#: How many lately invalidated keys L1 remembers (`LocalTier.invalidated`).
+RECENT_INVALIDATIONS = 4096
 #: Seconds between two sweeps of expired entries (run by a fill, under the lock).
 SWEEP_INTERVAL = 5.0
 
@@ -128,6 +137,7 @@ class LocalTier:
         "changes",
         "data",
         "held",
+        "invalidated",
         "lock",
         "recent",
         "timer",
@@ -154,6 +164,9 @@ class LocalTier:
         self._book = _Bookkeeper(maxsize, self.data, self.held)
         # Bumped by every flush: tickets taken before it can no longer fill.
         self._epoch = 0
+        #: Keys invalidated lately (at most `RECENT_INVALIDATIONS`, oldest dropped first): a
+        #: read of one is likely to miss L2 too, so it asks for "the value, or the lease".
+        self.invalidated: dict[str, None] = {}
         #: Bumped by every invalidation, write and flush (under the lock); read without it by
         #: batch reads, which fill nothing if it moved while they read L2 (`fill_read`).
         self.changes = 0
@@ -276,6 +289,10 @@ class LocalTier:
                     deadline = now + ttl
                     self._fill(key, value, deadline, now + max(ttl, stale_for), ticket, tags)
 
+    def take_invalidated(self, key: str) -> bool:
+        """Whether ``key`` was invalidated lately (and forget it). Lock-free."""
+        return key in self.invalidated and self.invalidated.pop(key, 0) is None
+
     def fill_read(
         self, items: Sequence[tuple[str, Any, float, float, Sequence[str]]], seen: int
     ) -> bool:
@@ -304,6 +321,11 @@ class LocalTier:
         """Drop ``keys`` and overtake their loads in flight."""
         keys = list(keys)
         with self.lock:
+            invalidated = self.invalidated
+            for key in keys:
+                invalidated[key] = None
+            for _ in range(len(invalidated) - RECENT_INVALIDATIONS):
+                del invalidated[next(iter(invalidated))]
             for key in keys:
                 self._bump(key)
                 self.data.pop(key, None)
@@ -336,6 +358,7 @@ class LocalTier:
             self._epoch += 1
             self.changes += 1
             self.data.clear()
+            self.invalidated.clear()
             self._book.clear()
             self.recent.clear()
             self._tag_keys.clear()

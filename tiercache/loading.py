@@ -39,7 +39,17 @@ from .l1 import LocalTier, Ticket
 from .lifecycle import Lifecycle
 from .lifetimes import Lifetimes
 from .options import Settings
-from .reading import Failed, Fallback, Hit, L2Reader, Leased, Read, Stale, Unusable
+from .reading import (
+    MISSING_ENTRY,
+    Failed,
+    Fallback,
+    Hit,
+    L2Reader,
+    Leased,
+    Read,
+    Stale,
+    Unusable,
+)
 from .refresh import Refresher
 from .stats import Counters, RateLimitedLog, key_digest, log
 from .telemetry import ATTR_COALESCED, ATTR_VALUE_SIZE, Telemetry
@@ -143,6 +153,7 @@ class Loads:
         self.lifecycle.ready()
         self.counters.l1_misses += 1
         first: Read | None = _NOT_READ
+        writer: _LeaseWriter | None = None
         reader = self.reader
         if reader is not None and not self.l1.held_value(key)[0]:
             assert self.invalidations is not None
@@ -152,14 +163,23 @@ class Loads:
                 # Most misses are L2 hits: read L2 before single-flight, which only has to
                 # guard loads (concurrent misses of one key each cost a GET, not a load).
                 with self.l1.ticket(key) as ticket:
-                    first = reader.read(key)
+                    if self.l1.take_invalidated(key):
+                        # Invalidated lately: Redis likely holds nothing either. Ask for "the
+                        # value, or the lease" in one round trip (a plain GET costs less, so
+                        # only here): a load then costs two round trips, not three.
+                        first, writer = self._get_or_lease(key, tags)
+                    else:
+                        first = reader.read(key)
                     if isinstance(first, Hit):
                         return self.serve_hit(key, loader, ttl, tags, first, ticket)
+        load = _Load(self, key, loader, ttl, tags, first, writer)
         try:
-            value, leader = self.flight.run(key, _Load(self, key, loader, ttl, tags, first).run)
+            value, leader = self.flight.run(key, load.run, load.give_back)
         except Exception:
             self.counters.read_errors += 1  # the load failed and nothing could answer
             raise
+        finally:
+            load.give_back()  # a lease taken above that no load used
         if not leader:
             self.counters.load_waits += 1
             self.telemetry.answered("loader", "miss", **{ATTR_COALESCED: True})
@@ -235,6 +255,24 @@ class Loads:
                 self.l1.fill_read(fills, seen)
         self.counters.read_misses += len(missing) + l1_found - len(found)
         return found
+
+    def _get_or_lease(self, key: str, tags: list[str]) -> tuple[Read, _LeaseWriter | None]:
+        """Read ``key``, taking its lease if Redis holds nothing: the read, and the lease."""
+        reader, coherence = self.reader, self.coherence
+        assert reader is not None
+        assert coherence is not None
+        rkey = reader.rkey(key)
+        try:
+            # Versions are taken before the load: an invalidation from now on makes what
+            # this load writes stale.
+            stamp = coherence.stamp(tags)
+            found, taken = coherence.leases.get_or_lease(rkey, int(self.settings.lease_ttl * 1000))
+        except L2Error as exc:
+            return reader.failed(exc), None
+        if taken:
+            self.counters.l2_misses += 1
+            return MISSING_ENTRY, _LeaseWriter(key, rkey, found, stamp, b"", 0)
+        return reader.classify(key, found, self.lifetimes.wall()), None
 
     # -- shared by the loads ---------------------------------------------------------------
 
@@ -387,7 +425,7 @@ class Loads:
 class _Load:
     """One load of one key by the single-flight leader (see the module docstring)."""
 
-    __slots__ = ("_loads", "first", "key", "loader", "tags", "ttl")
+    __slots__ = ("_loads", "first", "key", "loader", "tags", "ttl", "writer")
 
     def __init__(
         self,
@@ -397,8 +435,12 @@ class _Load:
         ttl: float,
         tags: list[str],
         first: Read | None,
+        writer: _LeaseWriter | None = None,
     ) -> None:
         self._loads = loads
+        #: A lease the caller took while reading (`Loads._get_or_lease`), until a load
+        #: uses it or `give_back` returns it.
+        self.writer = writer
         self.key = key
         self.loader = loader
         self.ttl = ttl
@@ -427,7 +469,17 @@ class _Load:
                     fallback = Fallback(old[0], [], old[2] - loads.l1.timer())
             if loads.coherence is None:
                 return self._load(ticket, fallback, None)
+            writer, self.writer = self.writer, None
+            if writer is not None:
+                return self._load(ticket, fallback, writer)  # the caller's lease: load now
             return self._with_lease(ticket, fallback)
+
+    def give_back(self) -> None:
+        """Return the caller's lease if no load used it (an L1 hit, a held stale value, or
+        another thread's load in this process that this caller waits for)."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            self._loads.abort(writer)
 
     def _with_lease(self, ticket: Ticket, fallback: Fallback | None) -> Any:
         loads = self._loads

@@ -278,3 +278,36 @@ def test_a_cache_dropped_without_close_stops_its_listener_and_warns(
         drop()
 
     assert wait_until(lambda: all(t.name != thread_name for t in threading.enumerate()))
+
+
+def test_a_load_after_a_delete_costs_two_round_trips(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a delete, the next get_or_set asks "the value, or the lease" in one script and
+    writes with the lease in another: two round trips (it used to be GET, lease, write)."""
+    import threading
+
+    import redis.connection
+
+    from tests.support import subscribed
+
+    sent: list[int] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(threading.get_ident())
+        return send(self, *args, **kwargs)
+
+    with TierCache.from_url(redis_server.url, namespace=namespace) as cache:
+        subscribed(cache, probe=True)
+        for value in (1, 2):  # the first round loads the scripts into the server
+            cache.set("k", 0)
+            cache.delete("k")
+            monkeypatch.setattr(
+                redis.connection.AbstractConnection, "send_packed_command", counting
+            )
+            sent.clear()
+            assert cache.get_or_set("k", Loader(value)) == value
+            monkeypatch.undo()
+        mine = [ident for ident in sent if ident == threading.get_ident()]
+    assert len(mine) == 2
