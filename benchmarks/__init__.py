@@ -8,6 +8,7 @@ BENCHMARKS = (
     "hot_path",
     "memoize",
     "l2",
+    "writes",
     "compression",
     "invalidation",
     "telemetry",
