@@ -117,7 +117,9 @@ QUANTILES = 1000  # points of each process's latency sketch
 HAND = "hand-written"
 CASHEWS = "cashews"
 TIERCACHE = "tiercache"
-PEERS = (HAND, "django-redis", "flask-caching", "dogpile", CASHEWS, TIERCACHE)
+#: tiercache with value propagation on (propagate_values=4096): a set hands the value over.
+TIERCACHE_VALUES = "tiercache+values"
+PEERS = (HAND, "django-redis", "flask-caching", "dogpile", CASHEWS, TIERCACHE, TIERCACHE_VALUES)
 #: modules a peer needs; it is skipped when one is missing
 REQUIRES = {
     HAND: ("cachetools", "msgpack", "redis"),
@@ -126,6 +128,7 @@ REQUIRES = {
     "dogpile": ("dogpile.cache",),
     CASHEWS: ("cashews",),
     TIERCACHE: ("tiercache",),
+    TIERCACHE_VALUES: ("tiercache",),
 }
 DISTRIBUTIONS = (
     "tiercache",
@@ -347,11 +350,14 @@ class TierCachePeer:
     """tiercache through its public API."""
 
     has_l1 = True
+    options: dict[str, Any] = {}  # noqa: RUF012 - read-only, overridden by subclasses
 
     def __init__(self, url: str) -> None:
         from tiercache import TierCache
 
-        self._cache = TierCache.from_url(url, namespace="peers", ttl=TTL, l1_ttl=L1_TTL)
+        self._cache = TierCache.from_url(
+            url, namespace="peers", ttl=TTL, l1_ttl=L1_TTL, **self.options
+        )
         self.read = self._cache.get_or_set
         self.set = self._cache.set
         self.delete = self._cache.delete
@@ -361,6 +367,12 @@ class TierCachePeer:
 
     def close(self) -> None:
         self._cache.close()
+
+
+class TierCacheValuesPeer(TierCachePeer):
+    """tiercache with value propagation on: other processes keep a set's value in L1."""
+
+    options: dict[str, Any] = {"propagate_values": 4096}  # noqa: RUF012
 
 
 class Cashews:
@@ -397,6 +409,7 @@ SYNC_PEERS: dict[str, Callable[[str], Any]] = {
     "flask-caching": FlaskCaching,
     "dogpile": Dogpile,
     TIERCACHE: TierCachePeer,
+    TIERCACHE_VALUES: TierCacheValuesPeer,
 }
 
 
