@@ -116,7 +116,8 @@ def test_any_picklable_value_round_trips(make: Make) -> None:
         writer.set(key, value)
     for key, value in values.items():
         got = reader.get(key)
-        assert got == value and type(got) is type(value), key
+        assert got == value, key
+        assert type(got) is type(value), key
 
 
 def test_unpicklable_value_raises_type_error(cache: TierCacheBackend) -> None:
