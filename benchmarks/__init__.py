@@ -14,4 +14,5 @@ BENCHMARKS = (
     "refresh",
     "soak",
     "peers",
+    "frameworks",
 )
