@@ -28,15 +28,18 @@ from .telemetry import (
     ATTR_KEY_COUNT,
     ATTR_RESULT,
     ATTR_TIER,
+    SPAN_ADD,
     SPAN_CLEAR,
     SPAN_DELETE,
     SPAN_DELETE_MANY,
     SPAN_GET,
     SPAN_GET_MANY,
     SPAN_GET_OR_SET,
+    SPAN_INCR,
     SPAN_INVALIDATE_TAGS,
     SPAN_SET,
     SPAN_SET_MANY,
+    SPAN_TOUCH,
     RecordKeys,
     Telemetry,
 )
@@ -397,7 +400,8 @@ class TierCache:
         ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
         tag_list = check_tags(tags)
         self._lifecycle.check_open()
-        return self._atomic.add(key, value, ttl_s, tag_list)
+        with self._telemetry.span(SPAN_ADD, key):
+            return self._atomic.add(key, value, ttl_s, tag_list)
 
     def incr(self, key: str, delta: int = 1) -> int:
         """Add ``delta`` to the ``int`` stored at ``key``, atomically in Redis, and return
@@ -413,7 +417,8 @@ class TierCache:
         if type(delta) is not int:
             raise TypeError(f"delta must be an int, not {delta!r}")
         self._lifecycle.check_open()
-        return self._atomic.incr(key, delta)
+        with self._telemetry.span(SPAN_INCR, key):
+            return self._atomic.incr(key, delta)
 
     def decr(self, key: str, delta: int = 1) -> int:
         """`incr` by ``-delta``.
@@ -433,7 +438,8 @@ class TierCache:
         key = check_key(key, self._settings.max_key_length)
         ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
         self._lifecycle.check_open()
-        return self._atomic.touch(key, ttl_s)
+        with self._telemetry.span(SPAN_TOUCH, key):
+            return self._atomic.touch(key, ttl_s)
 
     def has_key(self, key: str) -> bool:
         """Whether `get` would find a value for ``key`` (a cached None counts).
