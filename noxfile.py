@@ -30,6 +30,15 @@ def tests_matrix(session: nox.Session) -> None:
 
 
 @nox.session
+@nox.parametrize("django", ["4.2", "5.2"])
+def frameworks(session: nox.Session, django: str) -> None:
+    """The framework adapters' tests (Django's own BaseCacheTests included) on each supported
+    Django LTS (Django 6 needs Python 3.12+)."""
+    session.install("-e", ".[dev]", f"django~={django}.0")
+    session.run("pytest", "tests/frameworks", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff lint and format check."""
     session.install("ruff")

@@ -15,4 +15,5 @@ BENCHMARKS = (
     "refresh",
     "soak",
     "peers",
+    "frameworks",
 )

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .atomic import Atomic
 from .background import Background
 from .coherence import Coherence
 from .entry import EntryCodec
@@ -54,6 +55,7 @@ class Parts:
     loads: Loads
     writes: Writes
     l2_log: RateLimitedLog
+    atomic: Atomic
 
 
 def assemble(client: Any, settings: Settings, label: str) -> Parts:
@@ -140,6 +142,19 @@ def assemble(client: Any, settings: Settings, label: str) -> Parts:
         rkey=rkey,
         raise_on_write_error=settings.raise_on_write_error,
     )
+    atomic = Atomic(
+        codec=codec,
+        l1=l1,
+        reader=reader,
+        coherence=coherence,
+        invalidations=invalidations,
+        counters=counters,
+        l2_log=l2_log,
+        lifetimes=lifetimes,
+        lifecycle=lifecycle,
+        stale_ttl=settings.stale_ttl,
+        raise_on_write_error=settings.raise_on_write_error,
+    )
     # In a forked child: single-flight first (resetting L1 detaches its loads, under
     # single-flight's lock), then L1, the pools and locks, and the bus's identity.
     lifecycle.on_fork(counters.reset)  # a child's stats and metrics count from zero
@@ -171,4 +186,5 @@ def assemble(client: Any, settings: Settings, label: str) -> Parts:
         loads=loads,
         writes=writes,
         l2_log=l2_log,
+        atomic=atomic,
     )

@@ -28,15 +28,18 @@ from .telemetry import (
     ATTR_KEY_COUNT,
     ATTR_RESULT,
     ATTR_TIER,
+    SPAN_ADD,
     SPAN_CLEAR,
     SPAN_DELETE,
     SPAN_DELETE_MANY,
     SPAN_GET,
     SPAN_GET_MANY,
     SPAN_GET_OR_SET,
+    SPAN_INCR,
     SPAN_INVALIDATE_TAGS,
     SPAN_SET,
     SPAN_SET_MANY,
+    SPAN_TOUCH,
     RecordKeys,
     Telemetry,
 )
@@ -50,6 +53,7 @@ T = TypeVar("T")
 # Seconds between two housekeeping ticks on the read path: drain the bus, check the pid.
 _TICK = 0.001
 _L1_HIT = {ATTR_TIER: "l1", ATTR_RESULT: "hit"}
+_ABSENT: Any = object()  # has_key's default: no cached value is this object
 
 
 class TierCache:
@@ -107,6 +111,7 @@ class TierCache:
         self._counters = parts.counters
         self._breaker, self._lifecycle = parts.breaker, parts.lifecycle
         self._loads, self._writes = parts.loads, parts.writes
+        self._atomic = parts.atomic
         self._owns_client = False
         # Hot-path aliases: an L1 hit is a clock read, one comparison against the next
         # housekeeping tick, a dict lookup and a deque append; no lock, no call of ours.
@@ -377,6 +382,72 @@ class TierCache:
         with self._telemetry.span(SPAN_CLEAR):
             self._lifecycle.check_open()
             self._writes.clear()
+
+    # -- read-modify-write (atomic in Redis) ---------------------------------------------
+
+    def add(
+        self, key: str, value: Any, ttl: Duration | None = None, *, tags: Iterable[str] = ()
+    ) -> bool:
+        """Store ``value`` only if ``key`` is absent (a miss for `get`); whether it did.
+
+        Atomic in Redis: of concurrent ``add`` calls on one key, in any processes, exactly
+        one wins. An expired entry, one made stale by `clear`/`invalidate_tags` and a key
+        being loaded count as absent. On success it behaves as `set` (read-your-writes,
+        every other instance drops its copy); Redis trouble answers False.
+
+        Since: 0.3.0
+        """
+        key = check_key(key, self._settings.max_key_length)
+        ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
+        tag_list = check_tags(tags)
+        self._lifecycle.check_open()
+        with self._telemetry.span(SPAN_ADD, key):
+            return self._atomic.add(key, value, ttl_s, tag_list)
+
+    def incr(self, key: str, delta: int = 1) -> int:
+        """Add ``delta`` to the ``int`` stored at ``key``, atomically in Redis, and return
+        the new value; the entry keeps its expiry and stays readable by `get` everywhere.
+
+        Raises ``KeyError`` if ``key`` is absent, ``TypeError`` if its value is not an
+        ``int`` (or ``delta`` is not one), and `L2Error` if Redis cannot be reached: there
+        is no value it could answer with.
+
+        Since: 0.3.0
+        """
+        key = check_key(key, self._settings.max_key_length)
+        if type(delta) is not int:
+            raise TypeError(f"delta must be an int, not {delta!r}")
+        self._lifecycle.check_open()
+        with self._telemetry.span(SPAN_INCR, key):
+            return self._atomic.incr(key, delta)
+
+    def decr(self, key: str, delta: int = 1) -> int:
+        """`incr` by ``-delta``.
+
+        Since: 0.3.0
+        """
+        if type(delta) is not int:
+            raise TypeError(f"delta must be an int, not {delta!r}")
+        return self.incr(key, -delta)
+
+    def touch(self, key: str, ttl: Duration | None = None) -> bool:
+        """Give the live entry at ``key`` a new ``ttl`` from now; whether there was one.
+        Every other instance drops its copy (it re-reads the new expiry from Redis).
+
+        Since: 0.3.0
+        """
+        key = check_key(key, self._settings.max_key_length)
+        ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
+        self._lifecycle.check_open()
+        with self._telemetry.span(SPAN_TOUCH, key):
+            return self._atomic.touch(key, ttl_s)
+
+    def has_key(self, key: str) -> bool:
+        """Whether `get` would find a value for ``key`` (a cached None counts).
+
+        Since: 0.3.0
+        """
+        return self.get(key, _ABSENT) is not _ABSENT
 
     # -- introspection and lifecycle -----------------------------------------------------
 

@@ -74,18 +74,21 @@ __all__ = [
     "METRIC_LOAD_ERRORS",
     "METRIC_REQUESTS",
     "METRIC_STALE",
+    "SPAN_ADD",
     "SPAN_CLEAR",
     "SPAN_DELETE",
     "SPAN_DELETE_MANY",
     "SPAN_GET",
     "SPAN_GET_MANY",
     "SPAN_GET_OR_SET",
+    "SPAN_INCR",
     "SPAN_INVALIDATE_TAGS",
     "SPAN_LOAD",
     "SPAN_MEMOIZE",
     "SPAN_NAMES",
     "SPAN_SET",
     "SPAN_SET_MANY",
+    "SPAN_TOUCH",
     "TRACER_NAME",
     "RecordKeys",
     "Telemetry",
@@ -109,6 +112,9 @@ SPAN_INVALIDATE_TAGS = "tiercache.invalidate_tags"
 SPAN_CLEAR = "tiercache.clear"
 SPAN_MEMOIZE = "tiercache.memoize"
 SPAN_LOAD = "tiercache.load"
+SPAN_ADD = "tiercache.add"
+SPAN_INCR = "tiercache.incr"
+SPAN_TOUCH = "tiercache.touch"
 #: Every operation span name tiercache uses. Redis spans are named after the command, as
 #: the database conventions say (``GET``, ``MGET``, ``PIPELINE SET``, ``EVALSHA lease_write``).
 SPAN_NAMES = (
@@ -123,6 +129,9 @@ SPAN_NAMES = (
     SPAN_CLEAR,
     SPAN_MEMOIZE,
     SPAN_LOAD,
+    SPAN_ADD,
+    SPAN_INCR,
+    SPAN_TOUCH,
 )
 
 ATTR_NAMESPACE = "tiercache.namespace"

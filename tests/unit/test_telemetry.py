@@ -741,6 +741,9 @@ def _workload(cache: TierCache, memoized: Callable[[Any], Any], key: str) -> Non
         cache.get_or_set(key, failing)
     memoized(key)
     memoized(key)
+    cache.add(key, 5)
+    cache.incr(key)
+    cache.touch(key, 60)
     cache.invalidate_tags("t")
     cache.clear()
 
