@@ -45,7 +45,7 @@ _ATTEMPTS = 64
 class Atomic:
     """``add``, ``incr`` and ``touch`` of one cache, arguments already checked.
 
-    Since: 0.3.0
+    Since: 0.2.0
     """
 
     __slots__ = (

@@ -395,7 +395,7 @@ class TierCache:
         being loaded count as absent. On success it behaves as `set` (read-your-writes,
         every other instance drops its copy); Redis trouble answers False.
 
-        Since: 0.3.0
+        Since: 0.2.0
         """
         key = check_key(key, self._settings.max_key_length)
         ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
@@ -412,7 +412,7 @@ class TierCache:
         ``int`` (or ``delta`` is not one), and `L2Error` if Redis cannot be reached: there
         is no value it could answer with.
 
-        Since: 0.3.0
+        Since: 0.2.0
         """
         key = check_key(key, self._settings.max_key_length)
         if type(delta) is not int:
@@ -424,7 +424,7 @@ class TierCache:
     def decr(self, key: str, delta: int = 1) -> int:
         """`incr` by ``-delta``.
 
-        Since: 0.3.0
+        Since: 0.2.0
         """
         if type(delta) is not int:
             raise TypeError(f"delta must be an int, not {delta!r}")
@@ -434,7 +434,7 @@ class TierCache:
         """Give the live entry at ``key`` a new ``ttl`` from now; whether there was one.
         Every other instance drops its copy (it re-reads the new expiry from Redis).
 
-        Since: 0.3.0
+        Since: 0.2.0
         """
         key = check_key(key, self._settings.max_key_length)
         ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
@@ -445,7 +445,7 @@ class TierCache:
     def has_key(self, key: str) -> bool:
         """Whether `get` would find a value for ``key`` (a cached None counts).
 
-        Since: 0.3.0
+        Since: 0.2.0
         """
         return self.get(key, _ABSENT) is not _ABSENT
 

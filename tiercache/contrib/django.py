@@ -53,7 +53,7 @@ def shared_cache(location: str | None, options: Mapping[str, Any]) -> TierCache:
     """The process's `TierCache` for ``location`` (a Redis URL, or None/"" for L1 only) and
     ``options`` (TierCache keyword arguments plus ``redis_options``), built on first use.
 
-    Since: 0.3.0
+    Since: 0.2.0
     """
     ident = (location or "", repr(sorted(options.items())))
     cache = _shared.get(ident)
@@ -79,7 +79,7 @@ def shared_cache(location: str | None, options: Mapping[str, Any]) -> TierCache:
 class TierCacheBackend(BaseCache):
     """``django.core.cache`` backend: the whole ``BaseCache`` API on a shared `TierCache`.
 
-    Since: 0.3.0
+    Since: 0.2.0
     """
 
     def __init__(self, server: str | list[str] | None, params: dict[str, Any]) -> None:

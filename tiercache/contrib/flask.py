@@ -41,7 +41,7 @@ class TierCache(BaseCache):
         default_timeout: seconds for ``set`` without a timeout (0: never expires).
         key_prefix: prepended to every key (``CACHE_KEY_PREFIX``).
 
-    Since: 0.3.0
+    Since: 0.2.0
     """
 
     def __init__(

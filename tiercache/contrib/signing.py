@@ -25,7 +25,7 @@ def derive_key(secret: str | bytes, purpose: str) -> bytes:
     """A signing key for ``purpose`` derived from an application secret (HMAC-SHA256 of the
     purpose under the secret), so the raw secret is never the key of another scheme.
 
-    Since: 0.3.0
+    Since: 0.2.0
     """
     raw = secret.encode() if isinstance(secret, str) else secret
     if not raw:
@@ -40,7 +40,7 @@ class SignedPickleSerializer:
         key: the signing key (at least 16 bytes); see `derive_key`.
         protocol: the pickle protocol (default: the highest).
 
-    Since: 0.3.0
+    Since: 0.2.0
     """
 
     __slots__ = ("_key", "_protocol")
