@@ -22,22 +22,21 @@ A load that overran its timeout finishes on a background worker and still fills 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from cachetools import LRUCache
 
 from .background import Background
-from .coherence import Coherence, Stamp
+from .coherence import Coherence
 from .entry import EntryCodec, Prepared
-from .errors import L2Error, LoaderTimeoutError, SerializationError
+from .errors import L2Error, SerializationError
 from .flight import SingleFlight
 from .l1 import LocalTier, Ticket
 from .lifecycle import Lifecycle
 from .lifetimes import Lifetimes
+from .load import LeaseWriter, Load
 from .options import Settings
 from .reading import (
     MISSING_ENTRY,
@@ -45,50 +44,21 @@ from .reading import (
     Fallback,
     Hit,
     L2Reader,
-    Leased,
     Read,
-    Stale,
-    Unusable,
 )
 from .refresh import Refresher
 from .stats import Counters, RateLimitedLog, key_digest, log
 from .telemetry import ATTR_COALESCED, ATTR_VALUE_SIZE, Telemetry
 from .writing import Invalidations
 
-__all__ = ["Loads"]
+__all__ = ["Loads", "Outcome"]
 
-_LEASE_POLL_FIRST = 0.001
-_LEASE_POLL_MAX = 0.025
-# Longest wait for a lease holder's READY before reading the key again (a lost message).
-_READY_WAIT = 0.05
 # What a lease write or release returns when processes registered to wait for it.
 _WAITED_FOR = 2
 #: What a load's first L2 read can be besides a `Read`: not read yet.
 _NOT_READ: Any = None
 
 Outcome = tuple[Any, Prepared | None]
-
-
-class _LeaseWriter:
-    """The right to write one key: our lease placeholder, and what to restore if we fail."""
-
-    __slots__ = ("key", "placeholder", "restore", "restore_ms", "rkey", "stamp")
-
-    def __init__(
-        self,
-        key: str,
-        rkey: str,
-        placeholder: bytes,
-        stamp: Stamp,
-        restore: bytes,
-        restore_ms: int,
-    ) -> None:
-        self.key = key
-        self.rkey = rkey
-        self.placeholder = placeholder
-        self.stamp = stamp
-        self.restore = restore
-        self.restore_ms = restore_ms
 
 
 class Loads:
@@ -153,7 +123,7 @@ class Loads:
         self.lifecycle.ready()
         self.counters.l1_misses += 1
         first: Read | None = _NOT_READ
-        writer: _LeaseWriter | None = None
+        writer: LeaseWriter | None = None
         reader = self.reader
         if reader is not None and not self.l1.held_value(key)[0]:
             assert self.invalidations is not None
@@ -172,7 +142,7 @@ class Loads:
                         first = reader.read(key)
                     if isinstance(first, Hit):
                         return self.serve_hit(key, loader, ttl, tags, first, ticket)
-        load = _Load(self, key, loader, ttl, tags, first, writer)
+        load = Load(self, key, loader, ttl, tags, first, writer)
         try:
             value, leader = self.flight.run(key, load.run, load.give_back)
         except Exception:
@@ -256,7 +226,7 @@ class Loads:
         self.counters.read_misses += len(missing) + l1_found - len(found)
         return found
 
-    def _get_or_lease(self, key: str, tags: list[str]) -> tuple[Read, _LeaseWriter | None]:
+    def _get_or_lease(self, key: str, tags: list[str]) -> tuple[Read, LeaseWriter | None]:
         """Read ``key``, taking its lease if Redis holds nothing: the read, and the lease."""
         reader, coherence = self.reader, self.coherence
         assert reader is not None
@@ -271,7 +241,7 @@ class Loads:
             return reader.failed(exc), None
         if taken:
             self.counters.l2_misses += 1
-            return MISSING_ENTRY, _LeaseWriter(key, rkey, found, stamp, b"", 0)
+            return MISSING_ENTRY, LeaseWriter(key, rkey, found, stamp, b"", 0)
         return reader.classify(key, found, self.lifetimes.wall()), None
 
     # -- shared by the loads ---------------------------------------------------------------
@@ -347,7 +317,7 @@ class Loads:
         ttl: float,
         tags: list[str],
         ticket: Ticket,
-        writer: _LeaseWriter | None,
+        writer: LeaseWriter | None,
     ) -> None:
         """Write a loaded value to L2 (only while our lease stands) and L1."""
         ttl = self.lifetimes.loaded_ttl(value, ttl)
@@ -358,7 +328,7 @@ class Loads:
             self._write_with_lease(writer, blob, life.px_ms)
         self.l1.fill(key, value, life.l1_ttl, ticket, tags, life.stale_for)
 
-    def _write_with_lease(self, writer: _LeaseWriter, blob: bytes, ttl_ms: int) -> None:
+    def _write_with_lease(self, writer: LeaseWriter, blob: bytes, ttl_ms: int) -> None:
         assert self.coherence is not None
         try:
             done = self.coherence.leases.write(writer.rkey, writer.placeholder, blob, ttl_ms)
@@ -372,7 +342,7 @@ class Loads:
         elif done == _WAITED_FOR:
             self._ready(writer)
 
-    def abort(self, writer: _LeaseWriter) -> None:
+    def abort(self, writer: LeaseWriter) -> None:
         """Give the lease back (the load failed or its value cannot be stored)."""
         assert self.coherence is not None
         done = self.coherence.leases.release(
@@ -381,7 +351,7 @@ class Loads:
         if done == _WAITED_FOR:
             self._ready(writer)  # they stop waiting, and one of them loads
 
-    def _ready(self, writer: _LeaseWriter) -> None:
+    def _ready(self, writer: LeaseWriter) -> None:
         """Other processes registered to wait for this lease: tell them it is over."""
         assert self.coherence is not None
         try:
@@ -396,7 +366,7 @@ class Loads:
         ttl: float,
         tags: list[str],
         ticket: Ticket,
-        writer: _LeaseWriter | None,
+        writer: LeaseWriter | None,
     ) -> None:
         """A load that overran its timeout ended: store its value (if it may)."""
         try:
@@ -420,232 +390,3 @@ class Loads:
         # Held apart from L1's fresh entries: get() must never return a value past its ttl.
         self.l1.hold(key, fallback.value, hold, ticket, fallback.tags)
         return fallback.value
-
-
-class _Load:
-    """One load of one key by the single-flight leader (see the module docstring)."""
-
-    __slots__ = ("_loads", "first", "key", "loader", "tags", "ttl", "writer")
-
-    def __init__(
-        self,
-        loads: Loads,
-        key: str,
-        loader: Callable[[], Any],
-        ttl: float,
-        tags: list[str],
-        first: Read | None,
-        writer: _LeaseWriter | None = None,
-    ) -> None:
-        self._loads = loads
-        #: A lease the caller took while reading (`Loads._get_or_lease`), until a load
-        #: uses it or `give_back` returns it.
-        self.writer = writer
-        self.key = key
-        self.loader = loader
-        self.ttl = ttl
-        self.tags = tags
-        #: What the caller read from L2 just before single-flight (None: not read).
-        self.first = first
-
-    def run(self) -> Any:
-        """Run under single-flight: L1 again, a held stale value, else a load."""
-        loads = self._loads
-        with loads.l1.ticket(self.key) as ticket:
-            entry = loads.l1.get(self.key)  # a previous leader may have filled it meanwhile
-            if entry is not None:
-                loads.counters.l1_hits += 1
-                loads.telemetry.answered("l1", "hit")
-                return entry[0]
-            held, value = loads.l1.held_value(self.key)
-            if held:  # served stale a moment ago: do not call the failing loader again yet
-                loads.counters.stale_serves += 1
-                loads.telemetry.answered("stale", "stale")
-                return value
-            fallback = None
-            if loads.settings.stale_ttl > 0:
-                old = loads.l1.stale(self.key)
-                if old is not None:
-                    fallback = Fallback(old[0], [], old[2] - loads.l1.timer())
-            if loads.coherence is None:
-                return self._load(ticket, fallback, None)
-            writer, self.writer = self.writer, None
-            if writer is not None:
-                return self._load(ticket, fallback, writer)  # the caller's lease: load now
-            return self._with_lease(ticket, fallback)
-
-    def give_back(self) -> None:
-        """Return the caller's lease if no load used it (an L1 hit, a held stale value, or
-        another thread's load in this process that this caller waits for)."""
-        writer, self.writer = self.writer, None
-        if writer is not None:
-            self._loads.abort(writer)
-
-    def _with_lease(self, ticket: Ticket, fallback: Fallback | None) -> Any:
-        loads = self._loads
-        settings = loads.settings
-        reader, coherence, invalidations = loads.reader, loads.coherence, loads.invalidations
-        assert reader is not None
-        assert coherence is not None
-        assert invalidations is not None
-        rkey = reader.rkey(self.key)
-        started = time.monotonic()
-        pause = _LEASE_POLL_FIRST
-        waited = registered = False
-        stamp: Stamp | None = None
-        first, self.first = self.first, _NOT_READ
-        while first is not _NOT_READ or invalidations.usable():
-            found = reader.read(self.key) if first is _NOT_READ else first
-            first = _NOT_READ
-            if isinstance(found, Hit):
-                return loads.serve_hit(self.key, self.loader, self.ttl, self.tags, found, ticket)
-            if isinstance(found, Failed):
-                break
-            if isinstance(found, Leased):
-                fallback = reader.fallback(found) or fallback
-                if not waited:
-                    waited = True
-                    loads.counters.lease_waits += 1
-                elapsed = time.monotonic() - started
-                if fallback is not None and elapsed >= (settings.soft_timeout or 0.0):
-                    # Someone is loading; a stale value now beats waiting for them.
-                    return loads.serve_stale(self.key, fallback, ticket)
-                if elapsed >= settings.lease_wait:
-                    loads.counters.lease_timeouts += 1
-                    break
-                if not coherence.bus.subscribed:
-                    # No READY can reach us: poll for the holder's value.
-                    time.sleep(pause)
-                    pause = min(pause * 2, _LEASE_POLL_MAX)
-                    continue
-                if not registered:
-                    registered = True
-                    try:
-                        state = coherence.leases.wait_for(rkey)
-                    except L2Error:
-                        state = True  # wait anyway: the next read tells
-                    if state is not True:
-                        # The holder was done before we registered: read what it left.
-                        assert not isinstance(state, bool)
-                        first = reader.classify(self.key, state, loads.lifetimes.wall())
-                        continue
-                # Woken by the holder's READY; the bound covers a lost message.
-                remaining = settings.lease_wait - elapsed
-                if coherence.lease_waits.wait(self.key, min(remaining, _READY_WAIT)):
-                    loads.counters.lease_wakeups += 1
-                continue
-            keep, keep_ms = b"", 0
-            seen: bytes | None = None
-            if isinstance(found, Stale):
-                fallback = reader.fallback(found) or fallback
-                seen = found.blob
-                if fallback is not None:
-                    keep, keep_ms = found.blob, int(fallback.for_seconds * 1000)
-            elif isinstance(found, Unusable):
-                seen = found.blob  # replace exactly these bytes
-            try:
-                if stamp is None:
-                    # Versions are taken before the load: an invalidation from now on
-                    # makes what this load writes stale.
-                    stamp = coherence.stamp(self.tags)
-            except L2Error as exc:
-                reader.failed(exc)
-                break
-            try:
-                lease_ms = int(settings.lease_ttl * 1000)
-                placeholder = coherence.leases.acquire(rkey, seen, lease_ms, keep)
-            except L2Error as exc:  # a write Redis refused (e.g. OOM): load without a lease
-                loads.counters.l2_write_errors += 1
-                loads.l2_log.warning("write", "tiercache: L2 write (lease) failed: %s", exc)
-                break
-            if placeholder is not None:
-                writer = _LeaseWriter(self.key, rkey, placeholder, stamp, keep, keep_ms)
-                return self._load(ticket, fallback, writer)
-            # The key changed under us: read what it holds now.
-        # No lease: load, keep the value in L1, but never write it to L2.
-        return self._load(ticket, fallback, None)
-
-    def _load(self, ticket: Ticket, fallback: Fallback | None, writer: _LeaseWriter | None) -> Any:
-        loads = self._loads
-        settings = loads.settings
-        timeout = settings.hard_timeout
-        if fallback is not None and settings.soft_timeout is not None:
-            timeout = settings.soft_timeout
-        try:
-            if timeout is None:
-                outcome: Outcome | None = loads.call_loader(self.key, self.loader)
-            else:
-                outcome = self._call_with_timeout(writer, timeout)
-        except Exception as exc:
-            if writer is not None:
-                loads.abort(writer)
-            if fallback is not None:
-                return self._fail_safe(fallback, ticket, exc)
-            raise
-        except BaseException:
-            if writer is not None:
-                loads.abort(writer)
-            raise
-        if outcome is None:
-            # Timed out; the load goes on in the background and fills the cache when done.
-            error = LoaderTimeoutError(f"the loader did not finish within {timeout:g} s")
-            if fallback is not None:
-                return self._fail_safe(fallback, ticket, error)
-            raise error
-        value, prepared = outcome
-        loads.counters.loads_served += 1
-        if prepared is None:
-            if writer is not None:
-                loads.abort(writer)
-            loads.telemetry.answered("loader", "miss")
-            return value
-        loads.store(self.key, value, prepared, self.ttl, self.tags, ticket, writer)
-        loads.telemetry.answered("loader", "miss", **{ATTR_VALUE_SIZE: len(prepared.payload)})
-        return value
-
-    def _call_with_timeout(self, writer: _LeaseWriter | None, timeout: float) -> Outcome | None:
-        """The loader's outcome within ``timeout``, or None (it goes on in the background)."""
-        loads = self._loads
-        key, loader = self.key, self.loader
-        late_ticket = loads.l1.ticket(key)  # taken before the load, for a late fill
-        future = loads.background.submit(lambda: loads.call_loader(key, loader))
-        if future is None:  # every worker busy: run it here, without a timeout
-            late_ticket.release()
-            return loads.call_loader(key, loader)
-        try:
-            outcome: Outcome = future.result(timeout)
-        except FutureTimeout:
-            loads.counters.load_timeouts += 1
-            ttl, tags = self.ttl, self.tags
-
-            def finish(done: Future[Outcome]) -> None:
-                loads.finish_late(done, key, ttl, tags, late_ticket, writer)
-
-            future.add_done_callback(finish)
-            return None
-        except BaseException:
-            late_ticket.release()
-            raise
-        late_ticket.release()
-        return outcome
-
-    def _fail_safe(self, fallback: Fallback, ticket: Ticket, error: Exception) -> Any:
-        """The loader failed with ``error`` and a stale value exists: serve it, unless a
-        write overtook the load, which made it older still; then serve what that write
-        stored (in L1, or in Redis for another instance's write), or raise ``error`` as if
-        there were nothing stale."""
-        loads = self._loads
-        if loads.l1.still_valid(ticket):
-            return loads.serve_stale(self.key, fallback, ticket)
-        entry = loads.l1.get(self.key)
-        if entry is not None:
-            loads.counters.l1_hits += 1
-            loads.telemetry.answered("l1", "hit")
-            return entry[0]
-        reader, invalidations = loads.reader, loads.invalidations
-        if reader is not None and invalidations is not None and invalidations.usable():
-            found = reader.read(self.key)  # another instance's write: its value is in Redis
-            if isinstance(found, Hit):
-                loads.answered_hit(found)
-                return found.entry.value
-        raise error
