@@ -311,3 +311,22 @@ def test_a_load_after_a_delete_costs_two_round_trips(
             monkeypatch.undo()
         mine = [ident for ident in sent if ident == threading.get_ident()]
     assert len(mine) == 2
+
+
+def test_a_refused_subscription_message_reads_cleanly(
+    auth_server: RedisServer, namespace: str
+) -> None:
+    """The error naming the channel quotes the server's reason once, without a doubled
+    period between it and the advice that follows."""
+    url = _url(auth_server, f":wrong-{PASSWORD}")
+    with TierCache.from_url(url, namespace=namespace) as cache:
+        # The first call meets the refused subscription (or the refused command itself).
+        for _ in range(2):
+            with pytest.raises(AuthenticationError) as excinfo:
+                cache.get("k")
+            if "cannot subscribe" in str(excinfo.value):
+                break
+    text = str(excinfo.value)
+    assert "cannot subscribe" in text
+    assert ".." not in text
+    assert "Check the credentials" in text
