@@ -36,31 +36,47 @@ from typing import Any
 
 from cachetools import LRUCache
 
-__all__ = ["RECENT_HITS", "SWEEP_INTERVAL", "LocalTier", "Ticket", "Tickets"]
+__all__ = ["RECENT_HITS", "SWEEP_INTERVAL", "UNBOUNDED_BYTES", "LocalTier", "Ticket", "Tickets"]
 
 #: How many hits are remembered between two fills for the LRU order.
 RECENT_HITS = 1024
 #: Seconds between two sweeps of expired entries (run by a fill, under the lock).
 SWEEP_INTERVAL = 5.0
+#: The byte bound of an L1 created without one.
+UNBOUNDED_BYTES = 2**62
 
 
-class _Bookkeeper(LRUCache[str, None]):
-    """LRU order and size bound of the keys in the read map and the held map; an eviction
-    also drops the key from both. Relies on LRUCache calling the overridden `popitem` when
-    it is full (pinned by tests/unit/test_l1.py)."""
+class _Bookkeeper(LRUCache[str, int]):
+    """LRU order and byte bound of the keys in the read map and the held map: each key maps
+    to its weight (the encoded size of its value), and cachetools evicts, least recently used
+    first, while the weights add up to more than ``max_bytes``. An eviction also drops the key
+    from both maps. The bound on the number of entries is `LocalTier`'s (`_trim`). Relies on
+    LRUCache calling the overridden `popitem` when it is full (pinned by
+    tests/unit/test_l1.py). Sizes live here, not in the read map: an L1 hit never sees them.
+    """
 
     def __init__(
-        self, maxsize: int, data: dict[str, Any], held: dict[str, Any] | None = None
+        self,
+        maxsize: int,
+        data: dict[str, Any],
+        held: dict[str, Any] | None = None,
+        max_bytes: int = UNBOUNDED_BYTES,
     ) -> None:
-        super().__init__(maxsize)
+        super().__init__(max_bytes)
+        #: The bound on the number of keys (checked by `LocalTier._trim`).
+        self.max_entries = maxsize
         self._read_map = data
         self._held = {} if held is None else held
 
-    def popitem(self) -> tuple[str, None]:
-        key, marker = super().popitem()
+    @staticmethod
+    def getsizeof(value: int) -> int:
+        return value
+
+    def popitem(self) -> tuple[str, int]:
+        key, size = super().popitem()
         self._read_map.pop(key, None)
         self._held.pop(key, None)
-        return key, marker
+        return key, size
 
 
 class Ticket:
@@ -121,6 +137,7 @@ class LocalTier:
         "_book",
         "_epoch",
         "_inflight",
+        "_max_entry_bytes",
         "_next_sweep",
         "_on_invalidate",
         "_tag_keys",
@@ -137,6 +154,8 @@ class LocalTier:
         maxsize: int,
         timer: Callable[[], float] = time.monotonic,
         on_invalidate: Callable[[Iterable[str] | None], None] | None = None,
+        max_bytes: int = UNBOUNDED_BYTES,
+        max_entry_bytes: int | None = None,
     ) -> None:
         #: key -> (value, deadline, stale_until), times on ``timer``; read without the lock.
         self.data: dict[str, tuple[Any, float, float]] = {}
@@ -150,7 +169,9 @@ class LocalTier:
         #: ``fail_safe_throttle`` so the loader is not hammered; never served by get(). A key
         #: held counts against ``maxsize`` like an entry (one LRU over both maps).
         self.held: dict[str, tuple[Any, float, tuple[str, ...]]] = {}
-        self._book = _Bookkeeper(maxsize, self.data, self.held)
+        self._book = _Bookkeeper(maxsize, self.data, self.held, max_bytes)
+        # A value weighing more than this is not kept (it stays in L2 only).
+        self._max_entry_bytes = max_bytes if max_entry_bytes is None else max_entry_bytes
         # Bumped by every flush: tickets taken before it can no longer fill.
         self._epoch = 0
         # key -> [outstanding tickets, generation]; only keys with a load in progress, so it
@@ -171,7 +192,22 @@ class LocalTier:
     @property
     def maxsize(self) -> int:
         """The bound on the number of entries."""
+        return self._book.max_entries
+
+    @property
+    def max_bytes(self) -> int:
+        """The bound on the summed encoded size of the entries and held values."""
         return int(self._book.maxsize)
+
+    @property
+    def max_entry_bytes(self) -> int:
+        """The largest encoded size of a value L1 keeps."""
+        return self._max_entry_bytes
+
+    @property
+    def bytes(self) -> int:
+        """The summed encoded size of the entries and held values now (a gauge)."""
+        return int(self._book.currsize)
 
     def get(self, key: str) -> tuple[Any, float, float] | None:
         """The live entry for ``key``, or None. Lock-free; records the hit."""
@@ -210,14 +246,26 @@ class LocalTier:
                 self._release(ticket)
 
     def hold(
-        self, key: str, value: Any, seconds: float, ticket: Ticket, tags: Iterable[str]
+        self,
+        key: str,
+        value: Any,
+        seconds: float,
+        ticket: Ticket,
+        tags: Iterable[str],
+        size: int | None = None,
     ) -> None:
-        """Keep a value served stale for ``seconds``, unless ``ticket`` was overtaken."""
+        """Keep a value served stale for ``seconds``, unless ``ticket`` was overtaken.
+        ``size`` is its encoded size (None: the weight of the entry it replaces)."""
         with self.lock:
             if ticket.epoch == self._epoch and ticket.record[1] == ticket.generation:
+                if size is None:
+                    size = self._book.get(key, 0)
+                if size > self._max_entry_bytes:
+                    return
                 now = self.timer()
                 self._before_fills(now)
-                self._book[key] = None  # may evict the least recently used key
+                self._book[key] = size  # may evict the least recently used keys
+                self._trim()
                 self.held[key] = (value, now + seconds, tuple(tags))
 
     def held_value(self, key: str) -> tuple[bool, Any]:
@@ -240,16 +288,22 @@ class LocalTier:
         ticket: Ticket | None = None,
         tags: Iterable[str] = (),
         stale_for: float = 0.0,
+        size: int = 0,
     ) -> bool:
         """Store ``value`` for ``ttl`` seconds (and keep it as a fail-safe copy for
         ``stale_for`` seconds, if longer) unless ``ticket`` was overtaken by an invalidation
-        or flush; returns whether it was stored.
+        or flush; returns whether it was stored. ``size`` is the value's encoded size, its
+        weight against ``max_bytes``; a value over ``max_entry_bytes`` is not stored (and
+        the older value of the key is dropped).
 
         Without a ticket (a ``set`` by this instance, the newest value by definition) the
         store is unconditional and overtakes every load of the key still in flight.
         """
         with self.lock:
-            if ttl <= 0:
+            too_big = size > self._max_entry_bytes
+            if too_big and ticket is not None and not self._current(ticket):
+                return False  # an invalidation overtook the load: leave the newer state
+            if ttl <= 0 or too_big:
                 # Nothing to store, but the older value must not stay readable.
                 self._bump(key)
                 self.data.pop(key, None)
@@ -258,19 +312,20 @@ class LocalTier:
                 return False
             now = self.timer()
             self._before_fills(now)
-            return self._fill(key, value, now + ttl, now + max(ttl, stale_for), ticket, tags)
+            return self._fill(key, value, now + ttl, now + max(ttl, stale_for), ticket, tags, size)
 
     def fill_many(
-        self, items: Iterable[tuple[str, Any, float, Ticket, Iterable[str], float]]
+        self, items: Iterable[tuple[str, Any, float, Ticket, Iterable[str], float, int]]
     ) -> None:
-        """`fill` for many ``(key, value, ttl, ticket, tags, stale_for)`` under one lock."""
+        """`fill` for many ``(key, value, ttl, ticket, tags, stale_for, size)`` under one
+        lock."""
         with self.lock:
             now = self.timer()
             self._before_fills(now)
-            for key, value, ttl, ticket, tags, stale_for in items:
-                if ttl > 0:
+            for key, value, ttl, ticket, tags, stale_for, size in items:
+                if ttl > 0 and size <= self._max_entry_bytes:
                     deadline = now + ttl
-                    self._fill(key, value, deadline, now + max(ttl, stale_for), ticket, tags)
+                    self._fill(key, value, deadline, now + max(ttl, stale_for), ticket, tags, size)
 
     def invalidate(self, keys: Iterable[str]) -> None:
         """Drop ``keys`` and overtake their loads in flight."""
@@ -343,6 +398,7 @@ class LocalTier:
         stale_until: float,
         ticket: Ticket | None,
         tags: Iterable[str],
+        size: int = 0,
     ) -> bool:
         if ticket is None:
             self._bump(key)
@@ -351,12 +407,13 @@ class LocalTier:
             return False
         # A fresh value supersedes a stale one held for the fail-safe.
         self.held.pop(key, None)
-        self._book[key] = None  # may evict the least recently used entry
+        self._book[key] = size  # may evict the least recently used entries
+        self._trim()
         self.data[key] = (value, deadline, stale_until)
         for tag in tags:
             self._tag_keys.setdefault(tag, set()).add(key)
             self._tag_refs += 1
-        if self._tag_refs > 2 * self._book.maxsize + 1024:
+        if self._tag_refs > 2 * self._book.max_entries + 1024:
             self._prune_tags()
         return True
 
@@ -378,6 +435,15 @@ class LocalTier:
             for key in (*expired, *ended):
                 if key not in self.data and key not in self.held:
                     self._book.pop(key, None)
+
+    def _trim(self) -> None:
+        # The bound on the number of entries; cachetools keeps the one on bytes.
+        book = self._book
+        while len(book) > book.max_entries:
+            book.popitem()
+
+    def _current(self, ticket: Ticket) -> bool:
+        return ticket.epoch == self._epoch and ticket.record[1] == ticket.generation
 
     def _bump(self, key: str) -> None:
         record = self._inflight.get(key)

@@ -214,7 +214,10 @@ class Loads:
                     life = hit_lifetime(hit.expires_at, read.learned_at, wall)
                     if life.l1_ttl > 0:
                         tags = [tag for tag, _ in hit.tags] if hit.tags else ()
-                        fills.append((key, hit.value, life.l1_ttl, ticket, tags, life.stale_for))
+                        size = len(read.blob)
+                        fills.append(
+                            (key, hit.value, life.l1_ttl, ticket, tags, life.stale_for, size)
+                        )
             if fills:
                 self.l1.fill_many(fills)
         self.counters.read_misses += len(missing) + l1_found - len(found)
@@ -244,7 +247,7 @@ class Loads:
         life = self.lifetimes.hit(entry.expires_at, hit.learned_at)
         if life.l1_ttl > 0:
             tags = [tag for tag, _ in entry.tags] if entry.tags else ()
-            self.l1.fill(key, entry.value, life.l1_ttl, ticket, tags, life.stale_for)
+            self.l1.fill(key, entry.value, life.l1_ttl, ticket, tags, life.stale_for, len(hit.blob))
 
     def answered_hit(self, hit: Hit) -> None:
         """Say on the span that L2 answered."""
@@ -302,7 +305,8 @@ class Loads:
             stamp = writer.stamp
             blob = self.codec.frame(prepared, life.expires_at, stamp.ns_version, stamp.tags)
             self._write_with_lease(writer, blob, life.px_ms)
-        self.l1.fill(key, value, life.l1_ttl, ticket, tags, life.stale_for)
+        size = len(prepared.payload)
+        self.l1.fill(key, value, life.l1_ttl, ticket, tags, life.stale_for, size)
 
     def _write_with_lease(self, writer: _LeaseWriter, blob: bytes, ttl_ms: int) -> None:
         assert self.coherence is not None
@@ -350,7 +354,7 @@ class Loads:
         self.telemetry.answered("stale", "stale")
         hold = min(self.settings.fail_safe_throttle, fallback.for_seconds)
         # Held apart from L1's fresh entries: get() must never return a value past its ttl.
-        self.l1.hold(key, fallback.value, hold, ticket, fallback.tags)
+        self.l1.hold(key, fallback.value, hold, ticket, fallback.tags, fallback.size)
         return fallback.value
 
 

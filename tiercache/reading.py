@@ -103,13 +103,17 @@ Read = Hit | Stale | Leased | Unusable | Missing | Failed
 class Fallback:
     """A value that may be served, marked stale, when the loader fails or is too slow."""
 
-    __slots__ = ("for_seconds", "tags", "value")
+    __slots__ = ("for_seconds", "size", "tags", "value")
 
-    def __init__(self, value: object, tags: list[str], for_seconds: float) -> None:
+    def __init__(
+        self, value: object, tags: list[str], for_seconds: float, size: int | None = None
+    ) -> None:
         self.value = value
         self.tags = tags
         #: How much longer it stays inside its fail-safe window.
         self.for_seconds = for_seconds
+        #: Its encoded size, its weight in L1 (None: that of the L1 entry it comes from).
+        self.size = size
 
 
 class Versions(Protocol):
@@ -214,6 +218,7 @@ class L2Reader:
         """The stale value an expired entry, or a lease placeholder, offers; None if none."""
         if isinstance(found, Leased):
             stale = found.lease.stale
+            size = len(stale)
             if not stale:
                 return None
             try:
@@ -223,11 +228,11 @@ class L2Reader:
             except (CorruptEntryError, L2Error):
                 return None
         else:
-            entry = found.entry
+            entry, size = found.entry, len(found.blob)
         remaining = entry.expires_at + self._stale_ttl - self._wall()
         if remaining <= 0:
             return None
-        return Fallback(entry.value, [tag for tag, _ in entry.tags], remaining)
+        return Fallback(entry.value, [tag for tag, _ in entry.tags], remaining, size)
 
     def failed(self, exc: L2Error) -> Failed:
         """Count and log a failed read (an open breaker counts itself, as ``l2_skipped``)."""

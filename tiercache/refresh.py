@@ -127,6 +127,7 @@ class Refresher:
             # Replace only the exact bytes we saw: a set/delete meanwhile wins (guarantee 3).
             if leases.replace(self._rkey(key), seen, blob, life.px_ms):
                 self._counters.refreshes += 1
-                self._l1.fill(key, value, life.l1_ttl, ticket, tags, life.stale_for)
+                size = len(prepared.payload)
+                self._l1.fill(key, value, life.l1_ttl, ticket, tags, life.stale_for, size)
         finally:
             leases.refresh_unlock(lock_key)

@@ -45,6 +45,12 @@ COUNTERS = (
     "loads_served",
     "read_misses",
     "read_errors",
+    "writer_errors",
+    "writes_queued",
+    "writes_coalesced",
+    "writes_flushed",
+    "write_retries",
+    "writes_dropped",
 )
 
 
@@ -87,6 +93,13 @@ class Counters:
         self.loads_served = 0
         self.read_misses = 0
         self.read_errors = 0
+        # Writers (write-through and write-behind).
+        self.writer_errors = 0
+        self.writes_queued = 0
+        self.writes_coalesced = 0
+        self.writes_flushed = 0
+        self.write_retries = 0
+        self.writes_dropped = 0
 
     def reset(self) -> None:
         """Zero every counter in place (a forked child starts counting from zero; the
