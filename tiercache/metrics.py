@@ -36,14 +36,14 @@ from .telemetry import (
     METRIC_INV_RECEIVED,
     METRIC_INV_SENT,
     METRIC_L1_BYTES,
-    METRIC_WRITE_BEHIND_PENDING,
-    METRIC_WRITES_DROPPED,
     METRIC_L1_ENTRIES,
     METRIC_L2_ERRORS,
     METRIC_LOAD_ERRORS,
     METRIC_LOADS,
     METRIC_REQUESTS,
     METRIC_STALE,
+    METRIC_WRITE_BEHIND_PENDING,
+    METRIC_WRITES_DROPPED,
 )
 
 __all__ = ["Readings", "duration_histogram", "forget", "observe"]

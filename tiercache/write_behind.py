@@ -136,7 +136,10 @@ class WriteBehind:
         drained = self.flush(timeout)
         with self._cond:
             self._closing = True
-            left = len(self._queue) + len(self._inflight)
+            # Queued writes are dropped here; a batch in flight is counted by the flusher
+            # when its attempt gives up (at once: abandoned).
+            left = len(self._queue)
+            in_flight = len(self._inflight)
             self._queue.clear()
             self._cond.notify_all()
             thread = self._thread
@@ -145,9 +148,11 @@ class WriteBehind:
             self._counters.writes_dropped += left
             log.error(
                 "tiercache: closing with %d write-behind write(s) not written within %s s; "
-                "they are dropped",
-                left,
+                "%d queued are dropped, %d in flight are dropped unless this attempt succeeds",
+                left + in_flight,
                 timeout,
+                left,
+                in_flight,
             )
         if thread is not None and thread is not threading.current_thread():
             thread.join(0.5)
