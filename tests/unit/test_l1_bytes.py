@@ -72,7 +72,8 @@ def test_an_overtaken_too_big_fill_leaves_the_newer_value(tier: LocalTier) -> No
         tier.fill("a", "newer", ttl=100, size=10)  # a set() meanwhile
         assert not tier.fill("a", "big", ttl=100, ticket=ticket, size=401)
     entry = tier.get("a")
-    assert entry is not None and entry[0] == "newer"
+    assert entry is not None
+    assert entry[0] == "newer"
 
 
 def test_held_values_count_against_the_byte_bound(tier: LocalTier) -> None:
