@@ -8,8 +8,10 @@ any process. ``fail_next(n)`` makes the next ``n`` calls raise `WriterDownError`
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,11 @@ class WriterDownError(Exception):
 class SQLiteWriter:
     """Rows ``(key, value as JSON)`` in table ``kv``; calls logged in table ``calls``."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, lag: float = 0.0) -> None:
         self.path = str(path)
+        #: Up to this many seconds (random) between the commit and the return: a writer whose
+        #: answer is slow, the case where two racing writers can reach the cache reordered.
+        self.lag = lag
         self._failures = 0
         self._lock = threading.Lock()
         with self._connect() as db:
@@ -33,10 +38,10 @@ class SQLiteWriter:
             db.execute("CREATE TABLE IF NOT EXISTS calls (method TEXT, count INTEGER)")
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path}
+        return {"path": self.path, "lag": self.lag}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])  # type: ignore[misc]
+        self.__init__(state["path"], state["lag"])  # type: ignore[misc]
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -64,6 +69,8 @@ class SQLiteWriter:
             db.execute("COMMIT")
         finally:
             db.close()
+        if self.lag:
+            time.sleep(random.uniform(0, self.lag))  # the slow answer (see `lag`)
 
     def write(self, key: str, value: Any) -> None:
         self._run("write", "INSERT OR REPLACE INTO kv VALUES (?, ?)", [(key, json.dumps(value))])
