@@ -32,6 +32,7 @@ from cachetools import LRUCache
 
 from .background import Background
 from .coherence import Coherence, Stamp
+from .early import early_expiration
 from .entry import EntryCodec, Prepared
 from .errors import L2Error, LoaderTimeoutError, SerializationError
 from .flight import SingleFlight
@@ -121,9 +122,12 @@ class Loads:
                 settings=settings,
                 wall=lifetimes.wall,
             )
-            if coherence is not None and reader is not None and settings.refresh_ahead
+            if coherence is not None
+            and reader is not None
+            and (settings.refresh_ahead or settings.early_expiration)
             else None
         )
+        self.early = early_expiration(settings, self.refresher, counters, lifetimes.wall)
 
     # -- entry points (arguments checked, span opened by the cache) ------------------------
 
@@ -239,6 +243,8 @@ class Loads:
         self.answered_hit(hit)
         if self.refresher is not None:
             self.refresher.maybe(key, loader, ttl, tags, hit)
+        if self.early is not None:
+            self.early.maybe(key, loader, ttl, tags, hit)
         return hit.entry.value
 
     def fill_from_l2(self, key: str, hit: Hit, ticket: Ticket) -> None:
@@ -256,6 +262,8 @@ class Loads:
     def call_loader(self, key: str, loader: Callable[[], Any]) -> Outcome:
         """The loader's value and its encoding (None: it cannot be stored)."""
         self.counters.loads += 1
+        clock = self.lifetimes.clock
+        started = clock()
         try:
             if self.telemetry.enabled:
                 with self.telemetry.load_span():
@@ -266,8 +274,9 @@ class Loads:
             self.counters.load_errors += 1
             raise
         # Every load path encodes, so a value is stored the same way with or without Redis.
+        took = clock() - started  # stored in the entry for early expiration
         try:
-            return value, self.codec.prepare(value)
+            return value, self.codec.prepare(value)._replace(delta=took)
         except (SerializationError, ValueError) as exc:
             self._unstorable(key, value, exc)
             return value, None

@@ -51,6 +51,7 @@ COUNTERS = (
     "writes_flushed",
     "write_retries",
     "writes_dropped",
+    "early_refreshes",
 )
 
 
@@ -100,6 +101,8 @@ class Counters:
         self.writes_flushed = 0
         self.write_retries = 0
         self.writes_dropped = 0
+        #: Reads from Redis that started an early reload (early_expiration).
+        self.early_refreshes = 0
 
     def reset(self) -> None:
         """Zero every counter in place (a forked child starts counting from zero; the
