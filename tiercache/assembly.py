@@ -30,6 +30,7 @@ from .resilience import CircuitBreaker
 from .stats import Counters, RateLimitedLog
 from .telemetry import Telemetry
 from .write_behind import WriteBehind
+from .write_stream import StreamQueue
 from .writer import KeyLocks, Persist
 from .writing import Invalidations, Writes
 
@@ -56,7 +57,7 @@ class Parts:
     writes: Writes
     l2_log: RateLimitedLog
     persist: Persist
-    write_behind: WriteBehind | None
+    write_behind: WriteBehind | StreamQueue | None
 
 
 def assemble(client: Any, settings: Settings, label: str) -> Parts:
@@ -144,8 +145,23 @@ def assemble(client: Any, settings: Settings, label: str) -> Parts:
         rkey=rkey,
         raise_on_write_error=settings.raise_on_write_error,
     )
-    write_behind = None
-    if settings.write_behind:
+    write_behind: WriteBehind | StreamQueue | None = None
+    if settings.write_behind_stream:
+        if l2 is None:
+            raise ValueError("write_behind_stream needs Redis (a client, not None)")
+        write_behind = StreamQueue(
+            client=l2.client,
+            namespace=settings.namespace,
+            writer=settings.writer,
+            codec=codec,
+            delay=settings.write_behind_delay,
+            batch_size=settings.write_behind_batch_size,
+            retries=settings.write_behind_retries,
+            claim_after=settings.lease_ttl,
+            counters=counters,
+        )
+        lifecycle.on_fork(write_behind.reset_after_fork)
+    elif settings.write_behind:
         write_behind = WriteBehind(
             delay=settings.write_behind_delay,
             batch_size=settings.write_behind_batch_size,

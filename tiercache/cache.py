@@ -41,6 +41,7 @@ from .telemetry import (
     Telemetry,
 )
 from .write_behind import WriteBehind
+from .write_stream import StreamQueue
 from .writer import Writer
 
 if TYPE_CHECKING:  # typing TierCache.memoize only; memoizing.py imports this module
@@ -91,6 +92,7 @@ class TierCache:
         write_behind: bool = DEFAULTS["write_behind"],
         write_behind_delay: Duration = DEFAULTS["write_behind_delay"],
         write_behind_batch_size: int = DEFAULTS["write_behind_batch_size"],
+        write_behind_stream: bool = DEFAULTS["write_behind_stream"],
         write_behind_retries: int = DEFAULTS["write_behind_retries"],
         lease_ttl: Duration = DEFAULTS["lease_ttl"],
         lease_wait: Duration = DEFAULTS["lease_wait"],
@@ -119,7 +121,7 @@ class TierCache:
         self._breaker, self._lifecycle = parts.breaker, parts.lifecycle
         self._loads, self._writes = parts.loads, parts.writes
         self._persist = parts.persist
-        self._write_behind: WriteBehind | None = parts.write_behind
+        self._write_behind: WriteBehind | StreamQueue | None = parts.write_behind
         self._owns_client = False
         # Hot-path aliases: an L1 hit is a clock read, one comparison against the next
         # housekeeping tick, a dict lookup and a deque append; no lock, no call of ours.

@@ -5,6 +5,7 @@
 * ``{namespace}#tag:{tag}``: a tag's version (`invalidate_tags` moves it on);
 * ``{namespace}#refresh:{key}``: the short lock of a refresh-ahead;
 * ``{namespace}#write:{key}``: the lock a write-through holds over its writer call;
+* ``{namespace}#writes``: the durable write-behind stream (``write_stream.py``);
 * channel ``tiercache:inv:{namespace}`` (``tiercache:inv:{db}:{namespace}`` for a database other
   than 0: pub/sub ignores databases).
 

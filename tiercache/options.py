@@ -405,6 +405,14 @@ OPTIONS: tuple[Option, ...] = (
         "most writes per writer call; a full batch is flushed without waiting",
     ),
     Option(
+        "write_behind_stream",
+        False,
+        "`False`",
+        _bool("write_behind_stream"),
+        "keep the write-behind queue in a [Redis stream](patterns.md#the-durable-queue) per "
+        "namespace instead of the process's memory, so a killed process loses no write",
+    ),
+    Option(
         "write_behind_retries",
         DEFAULT_WRITE_BEHIND_RETRIES,
         "5",
@@ -578,6 +586,7 @@ class Settings:
     write_behind: bool
     write_behind_delay: float
     write_behind_batch_size: int
+    write_behind_stream: bool
     write_behind_retries: int
     lease_ttl: float
     lease_wait: float
@@ -619,6 +628,8 @@ class Settings:
             raise ValueError(f"none_ttl ({none_ttl:g} s) must not exceed ttl ({ttl:g} s)")
         if values["write_behind"] and values["writer"] is None:
             raise ValueError("write_behind needs a writer (writer=...)")
+        if values["write_behind_stream"] and not values["write_behind"]:
+            raise ValueError("write_behind_stream needs write_behind=True")
         return cls(**values)
 
 

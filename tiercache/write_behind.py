@@ -22,18 +22,29 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .stats import Counters, log
 from .writer import Writer
 
-__all__ = ["WriteBehind"]
+__all__ = ["WriteBehind", "retry_pauses"]
 
 #: Longest pause between two attempts of a failed batch, seconds.
 _MAX_BACKOFF = 5.0
 #: Shortest first pause (a zero delay must not retry in a tight loop).
 _MIN_BACKOFF = 0.01
+
+
+def retry_pauses(delay: float, retries: int) -> Iterator[float | None]:
+    """The pause after each failed attempt: from ``delay``, doubling, at most
+    ``_MAX_BACKOFF``; None after the last allowed attempt (give up)."""
+    pause = max(delay, _MIN_BACKOFF)
+    for _ in range(retries):
+        yield pause
+        pause = min(pause * 2, _MAX_BACKOFF)
+    yield None
+
 
 # One queued write: (writer, is_delete, value)
 _Op = tuple[Writer, bool, Any]
@@ -60,6 +71,12 @@ class WriteBehind:
         self._counters = counters
         self._clock = clock
         self._fresh()
+
+    #: The queue is the process's memory (see the module docstring).
+    durable = False
+
+    def check_writer(self, writer: Writer) -> None:
+        """Any writer may be queued (each batch is grouped by writer)."""
 
     def _fresh(self) -> None:
         # Guards _queue, _inflight, _first_at, _urgent, _closing and _thread.

@@ -165,6 +165,11 @@ DeleteMany = Callable[[list[str]], None]
 class Queue(Protocol):
     """What `Persist` needs from the write-behind queue."""
 
+    #: Whether the queue outlives the process (a Redis stream): then a write is queued
+    #: before the cache changes, so a write the queue refused changes nothing.
+    durable: bool
+
+    def check_writer(self, writer: Writer) -> None: ...
     def put_sets(self, writer: Writer, mapping: Mapping[str, Any]) -> None: ...
     def put_deletes(self, writer: Writer, keys: Sequence[str]) -> None: ...
 
@@ -210,10 +215,17 @@ class Persist:
         if writer is None:
             self._set(keys, mapping, ttl, tags)
             return
-        if self._queue is not None:
+        queue = self._queue
+        if queue is not None:
+            queue.check_writer(writer)
+            items = {key: mapping[key] for key in keys}
             with self._locks.local(keys):
-                self._set(keys, mapping, ttl, tags)
-                self._queue.put_sets(writer, {key: mapping[key] for key in keys})
+                if queue.durable:
+                    queue.put_sets(writer, items)
+                    self._set(keys, mapping, ttl, tags)
+                else:
+                    self._set(keys, mapping, ttl, tags)
+                    queue.put_sets(writer, items)
             return
         for key in keys:  # refuse what the cache cannot store before the writer sees it
             self._codec.prepare(mapping[key])
@@ -234,10 +246,16 @@ class Persist:
         if writer is None:
             self._delete(keys)
             return
-        if self._queue is not None:
+        queue = self._queue
+        if queue is not None:
+            queue.check_writer(writer)
             with self._locks.local(keys):
-                self._delete(keys)
-                self._queue.put_deletes(writer, keys)
+                if queue.durable:
+                    queue.put_deletes(writer, keys)
+                    self._delete(keys)
+                else:
+                    self._delete(keys)
+                    queue.put_deletes(writer, keys)
             return
         with self._locks.everywhere(keys):
             try:

@@ -268,3 +268,33 @@ def test_close_drops_what_it_cannot_write_in_time_and_says_so(
         cache.close(timeout=0.05)
     assert cache.stats()["writes_dropped"] == 1
     assert "dropped" in caplog.text
+
+
+# -- the durable queue (a Redis stream) -------------------------------------------------------
+
+
+def test_the_durable_queue_needs_write_behind_and_redis(db: SQLiteWriter) -> None:
+    """write_behind_stream is refused without write_behind, and without Redis."""
+    with pytest.raises(ValueError, match="write_behind_stream needs write_behind"):
+        TierCache(None, writer=db, write_behind_stream=True)
+    with pytest.raises(ValueError, match="write_behind_stream needs Redis"):
+        TierCache(None, writer=db, write_behind=True, write_behind_stream=True)
+
+
+@pytest.mark.redis
+def test_the_durable_queue_writes_through_the_stream_and_refuses_other_writers(
+    real_redis: redis.Redis, namespace: str, db: SQLiteWriter, tmp_path: Path
+) -> None:
+    """Writes reach the database through the stream, which ends empty; a per-call writer is
+    refused before the cache changes (a process draining the stream could not know it)."""
+    with TierCache(
+        real_redis, namespace=namespace, writer=db, write_behind=True, write_behind_stream=True
+    ) as cache:
+        cache.set_many({f"k{n}": n for n in range(50)})
+        cache.delete("k0")
+        assert cache.flush(FLUSH_TIMEOUT)
+        assert db.rows() == {f"k{n}": n for n in range(1, 50)}
+        assert real_redis.xlen(f"{namespace}#writes") == 0
+        with pytest.raises(ValueError, match="own writer"):
+            cache.set("k1", "other", writer=SQLiteWriter(tmp_path / "other.sqlite"))
+        assert cache.get("k1") == 1
