@@ -13,6 +13,7 @@ BENCHMARKS = (
     "invalidation",
     "telemetry",
     "refresh",
+    "writers",
     "soak",
     "peers",
     "frameworks",

@@ -30,6 +30,7 @@ from .errors import (
 from .memoizing import Memoized, memoize_with
 from .options import Breaker, Duration
 from .sentinel import MISSING, Missing
+from .writer import Writer
 
 __all__ = [
     "MISSING",
@@ -50,6 +51,7 @@ __all__ = [
     "Serializer",
     "TierCache",
     "TierCacheError",
+    "Writer",
     "__version__",
     "configure",
     "get_default",

@@ -18,7 +18,7 @@ from .background import Background
 from .coherence import Coherence
 from .entry import EntryCodec
 from .flight import SingleFlight
-from .l1 import LocalTier
+from .l1 import UNBOUNDED_BYTES, LocalTier
 from .l2 import RedisTier, db_of, server_of
 from .layout import entry_key
 from .lifecycle import Lifecycle
@@ -31,6 +31,9 @@ from .reading import L2Reader
 from .resilience import CircuitBreaker
 from .stats import Counters, RateLimitedLog
 from .telemetry import Telemetry
+from .write_behind import WriteBehind
+from .write_stream import StreamQueue
+from .writer import KeyLocks, Persist
 from .writing import Invalidations, Writes
 
 __all__ = ["Parts", "assemble"]
@@ -56,6 +59,8 @@ class Parts:
     writes: Writes
     l2_log: RateLimitedLog
     atomic: Atomic
+    persist: Persist
+    write_behind: WriteBehind | StreamQueue | None
 
 
 def assemble(client: Any, settings: Settings, label: str) -> Parts:
@@ -72,7 +77,14 @@ def assemble(client: Any, settings: Settings, label: str) -> Parts:
     flight = SingleFlight()
     # An invalidation also detaches the key's load in flight: a get_or_set that starts
     # after it must not join a load that started before it.
-    l1 = LocalTier(settings.l1_maxsize, clock, flight.detach)
+    max_bytes = settings.l1_max_bytes or UNBOUNDED_BYTES
+    l1 = LocalTier(
+        settings.l1_maxsize,
+        clock,
+        flight.detach,
+        max_bytes=max_bytes,
+        max_entry_bytes=int(max_bytes * settings.l1_entry_share),
+    )
     telemetry = Telemetry(
         settings.namespace,
         enabled=settings.telemetry,
@@ -155,6 +167,41 @@ def assemble(client: Any, settings: Settings, label: str) -> Parts:
         stale_ttl=settings.stale_ttl,
         raise_on_write_error=settings.raise_on_write_error,
     )
+    write_behind: WriteBehind | StreamQueue | None = None
+    if settings.write_behind_stream:
+        if l2 is None:
+            raise ValueError("write_behind_stream needs Redis (a client, not None)")
+        write_behind = StreamQueue(
+            client=l2.client,
+            namespace=settings.namespace,
+            writer=settings.writer,
+            codec=codec,
+            delay=settings.write_behind_delay,
+            batch_size=settings.write_behind_batch_size,
+            retries=settings.write_behind_retries,
+            claim_after=settings.lease_ttl,
+            counters=counters,
+        )
+        lifecycle.on_fork(write_behind.reset_after_fork)
+    elif settings.write_behind:
+        write_behind = WriteBehind(
+            delay=settings.write_behind_delay,
+            batch_size=settings.write_behind_batch_size,
+            retries=settings.write_behind_retries,
+            counters=counters,
+        )
+        lifecycle.on_fork(write_behind.reset_after_fork)
+    locks = KeyLocks(settings.namespace, l2, settings.lease_ttl, l2_log)
+    lifecycle.on_fork(locks.reset_after_fork)
+    persist = Persist(
+        writer=settings.writer,
+        queue=write_behind,
+        locks=locks,
+        codec=codec,
+        counters=counters,
+        set_many=writes.set_many,
+        delete_many=writes.delete_many,
+    )
     # In a forked child: single-flight first (resetting L1 detaches its loads, under
     # single-flight's lock), then L1, the pools and locks, and the bus's identity.
     lifecycle.on_fork(counters.reset)  # a child's stats and metrics count from zero
@@ -187,4 +234,6 @@ def assemble(client: Any, settings: Settings, label: str) -> Parts:
         writes=writes,
         l2_log=l2_log,
         atomic=atomic,
+        persist=persist,
+        write_behind=write_behind,
     )

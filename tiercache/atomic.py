@@ -103,7 +103,7 @@ class Atomic:
             with self._local:
                 if self._l1.get(key) is not None:
                     return False
-                self._l1.fill(key, value, ttl, tags=tags)
+                self._l1.fill(key, value, ttl, tags=tags, size=len(prepared.payload))
             self._counters.sets += 1
             return True
         self._lifecycle.ready()
@@ -120,7 +120,9 @@ class Atomic:
                     coherence.publish_keys([key])
                     self._counters.sets += 1
                     l1_ttl = self._lifetimes.after_write(ttl, stamp.learned_at)
-                    self._l1.fill(key, value, l1_ttl, tags=tags, stale_for=life.stale_for)
+                    self._l1.fill(
+                        key, value, l1_ttl, tags=tags, stale_for=life.stale_for, size=len(new)
+                    )
                     return True
         except L2Error as exc:
             self._failed(key, exc)

@@ -22,7 +22,7 @@ from .keys import check_key, check_keys, check_tags
 from .l2 import RedisTier
 from .metrics import forget as stop_metrics
 from .metrics import observe as report_metrics
-from .options import DEFAULTS, Breaker, Duration, Settings, check_optional_ttl
+from .options import DEFAULTS, Breaker, Duration, Settings, check_optional_ttl, check_writer
 from .resilience import CLOSED
 from .telemetry import (
     ATTR_KEY_COUNT,
@@ -43,13 +43,18 @@ from .telemetry import (
     RecordKeys,
     Telemetry,
 )
+from .write_behind import WriteBehind
+from .write_stream import StreamQueue
+from .writer import Writer
 
 if TYPE_CHECKING:  # typing TierCache.memoize only; memoizing.py imports this module
     from .memoizing import Memoized, P, R
 
-__all__ = ["TierCache"]
+__all__ = ["CLOSE_TIMEOUT", "TierCache"]
 
 T = TypeVar("T")
+#: How long `TierCache.close` waits for queued write-behind writes by default, seconds.
+CLOSE_TIMEOUT = 10.0
 # Seconds between two housekeeping ticks on the read path: drain the bus, check the pid.
 _TICK = 0.001
 _L1_HIT = {ATTR_TIER: "l1", ATTR_RESULT: "hit"}
@@ -79,6 +84,8 @@ class TierCache:
         ttl: Duration = DEFAULTS["ttl"],
         l1_ttl: Duration | None = DEFAULTS["l1_ttl"],
         l1_maxsize: int = DEFAULTS["l1_maxsize"],
+        l1_max_bytes: int | None = DEFAULTS["l1_max_bytes"],
+        l1_entry_share: float = DEFAULTS["l1_entry_share"],
         max_key_length: int = DEFAULTS["max_key_length"],
         compress_threshold: int = DEFAULTS["compress_threshold"],
         max_value_bytes: int = DEFAULTS["max_value_bytes"],
@@ -86,6 +93,12 @@ class TierCache:
         compressor: Compressor | None = DEFAULTS["compressor"],
         propagate_values: int = DEFAULTS["propagate_values"],
         raise_on_write_error: bool = DEFAULTS["raise_on_write_error"],
+        writer: Writer | None = DEFAULTS["writer"],
+        write_behind: bool = DEFAULTS["write_behind"],
+        write_behind_delay: Duration = DEFAULTS["write_behind_delay"],
+        write_behind_batch_size: int = DEFAULTS["write_behind_batch_size"],
+        write_behind_stream: bool = DEFAULTS["write_behind_stream"],
+        write_behind_retries: int = DEFAULTS["write_behind_retries"],
         lease_ttl: Duration = DEFAULTS["lease_ttl"],
         lease_wait: Duration = DEFAULTS["lease_wait"],
         breaker: Breaker | None = DEFAULTS["breaker"],
@@ -94,6 +107,7 @@ class TierCache:
         soft_timeout: Duration | None = DEFAULTS["soft_timeout"],
         hard_timeout: Duration | None = DEFAULTS["hard_timeout"],
         refresh_ahead: float | None = DEFAULTS["refresh_ahead"],
+        early_expiration: float | None = DEFAULTS["early_expiration"],
         none_ttl: Duration | None = DEFAULTS["none_ttl"],
         background_workers: int = DEFAULTS["background_workers"],
         telemetry: bool = DEFAULTS["telemetry"],
@@ -112,6 +126,8 @@ class TierCache:
         self._breaker, self._lifecycle = parts.breaker, parts.lifecycle
         self._loads, self._writes = parts.loads, parts.writes
         self._atomic = parts.atomic
+        self._persist = parts.persist
+        self._write_behind: WriteBehind | StreamQueue | None = parts.write_behind
         self._owns_client = False
         # Hot-path aliases: an L1 hit is a clock read, one comparison against the next
         # housekeeping tick, a dict lookup and a deque append; no lock, no call of ours.
@@ -300,19 +316,27 @@ class TierCache:
     # -- writes ------------------------------------------------------------------------
 
     def set(
-        self, key: str, value: Any, ttl: Duration | None = None, *, tags: Iterable[str] = ()
+        self,
+        key: str,
+        value: Any,
+        ttl: Duration | None = None,
+        *,
+        tags: Iterable[str] = (),
+        writer: Writer | None = None,
     ) -> None:
         """Store ``value`` under ``key`` in L2, then L1, and tell every other instance.
 
         Raises `SerializationError` (a `TypeError`) for a value the serializer cannot
         encode and `ValueError` for one over ``max_value_bytes``, both before any I/O.
-        ``tags`` let `invalidate_tags` drop the entry later.
+        ``tags`` let `invalidate_tags` drop the entry later. With a `Writer` (``writer=``
+        here or at construction) the value is written through it first, or queued for it
+        with ``write_behind`` (see Caching patterns).
 
-        Since: 0.1.0
+        Since: 0.1.0 (``writer``: 0.3.0)
         """
         key = check_key(key, self._settings.max_key_length)
         with self._telemetry.span(SPAN_SET, key):
-            self._set_many([key], {key: value}, ttl, tags)
+            self._set_many([key], {key: value}, ttl, tags, writer)
 
     def set_many(
         self,
@@ -320,46 +344,67 @@ class TierCache:
         ttl: Duration | None = None,
         *,
         tags: Iterable[str] = (),
+        writer: Writer | None = None,
     ) -> None:
         """Store every item, in one pipelined round trip to Redis and one bus message; all
-        values are encoded (and so validated) before anything is written.
+        values are encoded (and so validated) before anything is written. ``writer``: as
+        in `set` (one ``write_many`` call).
 
-        Since: 0.1.0
+        Since: 0.1.0 (``writer``: 0.3.0)
         """
         if not isinstance(mapping, Mapping):
             raise TypeError(f"mapping must be a Mapping of str keys, not {type(mapping).__name__}")
         keys = check_keys(mapping.keys(), self._settings.max_key_length, "mapping keys")
         with self._telemetry.span(SPAN_SET_MANY, None, {ATTR_KEY_COUNT: len(keys)}):
             # Values under their checked keys: a str-subclass key is stored as its text.
-            self._set_many(keys, dict(zip(keys, mapping.values(), strict=True)), ttl, tags)
+            values = dict(zip(keys, mapping.values(), strict=True))
+            self._set_many(keys, values, ttl, tags, writer)
 
     def _set_many(
-        self, keys: list[str], mapping: Mapping[str, Any], ttl: Duration | None, tags: Any
+        self,
+        keys: list[str],
+        mapping: Mapping[str, Any],
+        ttl: Duration | None,
+        tags: Any,
+        writer: Writer | None,
     ) -> None:
         ttl_s = check_optional_ttl("ttl", ttl, self._settings.ttl)
         tag_list = check_tags(tags)
         self._lifecycle.check_open()
-        self._writes.set_many(keys, mapping, ttl_s, tag_list)
+        self._persist.set_many(keys, mapping, ttl_s, tag_list, check_writer(writer))
 
-    def delete(self, key: str) -> None:
-        """Remove ``key`` from L2 and from the L1 of every instance.
+    def delete(self, key: str, *, writer: Writer | None = None) -> None:
+        """Remove ``key`` from L2 and from the L1 of every instance. ``writer``: as in
+        `set`.
 
-        Since: 0.1.0
+        Since: 0.1.0 (``writer``: 0.3.0)
         """
         key = check_key(key, self._settings.max_key_length)
         with self._telemetry.span(SPAN_DELETE, key):
             self._lifecycle.check_open()
-            self._writes.delete_many([key])
+            self._persist.delete_many([key], check_writer(writer))
 
-    def delete_many(self, keys: Iterable[str]) -> None:
-        """Remove every key, in one ``UNLINK`` and one bus message.
+    def delete_many(self, keys: Iterable[str], *, writer: Writer | None = None) -> None:
+        """Remove every key, in one ``UNLINK`` and one bus message. ``writer``: as in
+        `set` (one ``delete_many`` call).
 
-        Since: 0.1.0
+        Since: 0.1.0 (``writer``: 0.3.0)
         """
         wanted = check_keys(keys, self._settings.max_key_length)
         with self._telemetry.span(SPAN_DELETE_MANY, None, {ATTR_KEY_COUNT: len(wanted)}):
             self._lifecycle.check_open()
-            self._writes.delete_many(wanted)
+            self._persist.delete_many(wanted, check_writer(writer))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Hand every queued write-behind write to the writer now and wait until it is
+        written (or dropped after its retries); whether the queue drained within
+        ``timeout`` seconds (None: no limit). True at once without ``write_behind``.
+
+        Since: 0.3.0
+        """
+        if self._write_behind is None:
+            return True
+        return self._write_behind.flush(timeout)
 
     def invalidate_tags(self, *tags: str) -> None:
         """Invalidate every entry set with any of ``tags``, in every instance, without
@@ -482,6 +527,10 @@ class TierCache:
         snapshot["l1_size"] = len(self._l1)
         snapshot["l1_held"] = len(self._l1.held)
         snapshot["l1_maxsize"] = self._l1.maxsize
+        snapshot["l1_bytes"] = self._l1.bytes
+        snapshot["l1_max_bytes"] = self._l1.max_bytes
+        if self._write_behind is not None:
+            snapshot["write_behind_pending"] = self._write_behind.pending
         if self._breaker is not None:
             snapshot["breaker_state"] = self._breaker.state
             snapshot["breaker_open"] = int(self._breaker.state != CLOSED)
@@ -509,6 +558,10 @@ class TierCache:
             "l2_errors": c.l2_errors,
             "l2_write_errors": c.l2_write_errors,
             "l1_size": len(self._l1),
+            "l1_bytes": self._l1.bytes,
+            "writes_dropped": c.writes_dropped,
+            "writer_errors": c.writer_errors,
+            "write_behind_pending": 0 if self._write_behind is None else self._write_behind.pending,
         }
         if self._breaker is not None:
             counts["breaker_state"] = self._breaker.state
@@ -548,14 +601,17 @@ class TierCache:
             return memoize_with(self)(ttl)
         return memoize_with(self, ttl=ttl, tags=tags, ignore=ignore, name=name)
 
-    def close(self) -> None:
-        """Stop the listener, drop L1 and close the Redis client if `from_url`
-        created it. Idempotent.
+    def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        """Write the queued write-behind writes (waiting up to ``timeout`` seconds; what is
+        left then is dropped, counted and logged), stop the listener, drop L1 and close the
+        Redis client if `from_url` created it. Idempotent.
 
-        Since: 0.1.0
+        Since: 0.1.0 (``timeout``: 0.3.0)
         """
         if self._lifecycle.closed:
             return
+        if self._write_behind is not None:
+            self._write_behind.close(timeout)
         self._lifecycle.closed = True
         self._finalizer.detach()
         if self._coherence is not None:

@@ -1,6 +1,6 @@
 """The L2 entry format: a fixed header, optional tag versions, then the serialized value.
 
-Header, network byte order (``struct`` format ``!BBQQ``, 18 bytes)::
+Header, network byte order (``struct`` format ``!BBQQI``, 22 bytes)::
 
     version     u8   FORMAT_VERSION; an unknown version is a miss, never a crash
     flags       u8   bit 0: payload is zstd-compressed; bit 1: custom serializer;
@@ -10,14 +10,17 @@ Header, network byte order (``struct`` format ``!BBQQ``, 18 bytes)::
                      every process reads it); the Redis TTL may be longer (fail-safe window)
     ns_version  u64  the namespace version when the value was computed; ``clear()`` bumps
                      the namespace version, so older entries read as misses everywhere
+    delta       u32  how long the load that computed the value took, milliseconds (0: not
+                     loaded, e.g. ``set``); probabilistic early expiration scales with it
 
 Tag block (flag bit 2): ``u32`` length, then msgpack ``[[tag, version], ...]``: the version
 of each tag when the value was computed; ``invalidate_tags`` bumps tag versions.
 
 Versions are integers from 0 to `MAX_VERSION` (2**53 - 1): the counters are bumped by a
 Lua script, and Lua numbers are doubles, exact only below 2**53. An entry carrying a version
-outside that range is corrupt (a miss). Format version 1 (earlier builds) had a u32
-``ns_version`` (14-byte header); its entries are unknown versions, so misses.
+outside that range is corrupt (a miss). Format version 1 had a u32 ``ns_version`` (14-byte
+header) and version 2 no ``delta`` (18-byte header); their entries are unknown versions, so
+misses: after an upgrade every key is loaded once more.
 
 A lease placeholder (flag bit 3) marks "a process is loading this key" (see ``lease.py``):
 after the header come a 16-byte token and, when the key held an expired entry still inside
@@ -51,8 +54,10 @@ __all__ = [
     "lease_placeholder",
 ]
 
-FORMAT_VERSION = 2
-_HEADER = struct.Struct("!BBQQ")
+FORMAT_VERSION = 3
+_HEADER = struct.Struct("!BBQQI")
+#: The largest ``delta`` stored, milliseconds (u32).
+_MAX_DELTA_MS = 2**32 - 1
 _TAG_LEN = struct.Struct("!I")
 HEADER_SIZE = _HEADER.size
 LEASE_TOKEN_SIZE = 16
@@ -84,6 +89,8 @@ class Entry(NamedTuple):
     ns_version: int = 0
     #: Version of each tag when the value was computed.
     tags: TagVersions = ()
+    #: How long the load that computed the value took, seconds (0.0: not loaded).
+    delta: float = 0.0
 
 
 class Prepared(NamedTuple):
@@ -94,6 +101,8 @@ class Prepared(NamedTuple):
 
     flags: int
     payload: bytes
+    #: How long the load that produced the value took, seconds (0.0: not loaded).
+    delta: float = 0.0
 
 
 class Lease(NamedTuple):
@@ -114,7 +123,7 @@ def lease_placeholder(token: bytes, stale: bytes = b"") -> bytes:
     """
     if len(token) != LEASE_TOKEN_SIZE:
         raise ValueError(f"lease token must be {LEASE_TOKEN_SIZE} bytes")
-    return _HEADER.pack(FORMAT_VERSION, _FLAG_LEASE, 0, 0) + token + stale
+    return _HEADER.pack(FORMAT_VERSION, _FLAG_LEASE, 0, 0, 0) + token + stale
 
 
 class EntryCodec:
@@ -191,7 +200,7 @@ class EntryCodec:
         tags: Sequence[tuple[str, int]] = (),
     ) -> bytes:
         """The bytes stored in Redis: header, tag block, prepared payload."""
-        flags, payload = prepared
+        flags, payload, delta = prepared
         if not 0 <= ns_version <= MAX_VERSION or any(
             not 0 <= version <= MAX_VERSION for _, version in tags
         ):
@@ -202,7 +211,8 @@ class EntryCodec:
             packed = msgpack.packb([list(pair) for pair in tags], use_bin_type=True)
             tag_block = _TAG_LEN.pack(len(packed)) + packed
         expires_ms = max(0, int(expires_at * 1000))
-        header = _HEADER.pack(FORMAT_VERSION, flags, expires_ms, ns_version)
+        delta_ms = min(_MAX_DELTA_MS, max(0, int(delta * 1000)))
+        header = _HEADER.pack(FORMAT_VERSION, flags, expires_ms, ns_version, delta_ms)
         return header + tag_block + payload
 
     def encode(
@@ -221,7 +231,7 @@ class EntryCodec:
         foreign, truncated, a decompression bomb, written with another serializer, ...)."""
         if len(data) < HEADER_SIZE:
             raise CorruptEntryError(f"{len(data)} bytes is shorter than the entry header")
-        version, flags, expires_ms, ns_version = _HEADER.unpack_from(data)
+        version, flags, expires_ms, ns_version, delta_ms = _HEADER.unpack_from(data)
         if version != FORMAT_VERSION:
             raise CorruptEntryError(f"unknown entry format version {version}")
         # The waiters bit only means something on a lease placeholder.
@@ -261,7 +271,7 @@ class EntryCodec:
         except Exception as exc:
             # A custom serializer may raise anything on foreign bytes.
             raise CorruptEntryError(f"serializer.loads failed: {exc!r}") from exc
-        return Entry(value, expires_ms / 1000.0, ns_version, tags)
+        return Entry(value, expires_ms / 1000.0, ns_version, tags, delta_ms / 1000.0)
 
     @staticmethod
     def _decode_tags(data: bytes, offset: int) -> tuple[TagVersions, int]:

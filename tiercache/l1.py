@@ -40,6 +40,7 @@ __all__ = [
     "RECENT_HITS",
     "RECENT_INVALIDATIONS",
     "SWEEP_INTERVAL",
+    "UNBOUNDED_BYTES",
     "LocalTier",
     "Ticket",
     "Tickets",
@@ -51,25 +52,41 @@ RECENT_HITS = 1024
 RECENT_INVALIDATIONS = 4096
 #: Seconds between two sweeps of expired entries (run by a fill, under the lock).
 SWEEP_INTERVAL = 5.0
+#: The byte bound of an L1 created without one.
+UNBOUNDED_BYTES = 2**62
 
 
-class _Bookkeeper(LRUCache[str, None]):
-    """LRU order and size bound of the keys in the read map and the held map; an eviction
-    also drops the key from both. Relies on LRUCache calling the overridden `popitem` when
-    it is full (pinned by tests/unit/test_l1.py)."""
+class _Bookkeeper(LRUCache[str, int]):
+    """LRU order and byte bound of the keys in the read map and the held map: each key maps
+    to its weight (the encoded size of its value), and cachetools evicts, least recently used
+    first, while the weights add up to more than ``max_bytes``. An eviction also drops the key
+    from both maps. The bound on the number of entries is `LocalTier`'s (`_trim`). Relies on
+    LRUCache calling the overridden `popitem` when it is full (pinned by
+    tests/unit/test_l1.py). Sizes live here, not in the read map: an L1 hit never sees them.
+    """
 
     def __init__(
-        self, maxsize: int, data: dict[str, Any], held: dict[str, Any] | None = None
+        self,
+        maxsize: int,
+        data: dict[str, Any],
+        held: dict[str, Any] | None = None,
+        max_bytes: int = UNBOUNDED_BYTES,
     ) -> None:
-        super().__init__(maxsize)
+        super().__init__(max_bytes)
+        #: The bound on the number of keys (checked by `LocalTier._trim`).
+        self.max_entries = maxsize
         self._read_map = data
         self._held = {} if held is None else held
 
-    def popitem(self) -> tuple[str, None]:
-        key, marker = super().popitem()
+    @staticmethod
+    def getsizeof(value: int) -> int:
+        return value
+
+    def popitem(self) -> tuple[str, int]:
+        key, size = super().popitem()
         self._read_map.pop(key, None)
         self._held.pop(key, None)
-        return key, marker
+        return key, size
 
 
 class Ticket:
@@ -130,6 +147,7 @@ class LocalTier:
         "_book",
         "_epoch",
         "_inflight",
+        "_max_entry_bytes",
         "_next_sweep",
         "_on_invalidate",
         "_tag_keys",
@@ -148,6 +166,8 @@ class LocalTier:
         maxsize: int,
         timer: Callable[[], float] = time.monotonic,
         on_invalidate: Callable[[Iterable[str] | None], None] | None = None,
+        max_bytes: int = UNBOUNDED_BYTES,
+        max_entry_bytes: int | None = None,
     ) -> None:
         #: key -> (value, deadline, stale_until), times on ``timer``; read without the lock.
         self.data: dict[str, tuple[Any, float, float]] = {}
@@ -161,7 +181,9 @@ class LocalTier:
         #: ``fail_safe_throttle`` so the loader is not hammered; never served by get(). A key
         #: held counts against ``maxsize`` like an entry (one LRU over both maps).
         self.held: dict[str, tuple[Any, float, tuple[str, ...]]] = {}
-        self._book = _Bookkeeper(maxsize, self.data, self.held)
+        self._book = _Bookkeeper(maxsize, self.data, self.held, max_bytes)
+        # A value weighing more than this is not kept (it stays in L2 only).
+        self._max_entry_bytes = max_bytes if max_entry_bytes is None else max_entry_bytes
         # Bumped by every flush: tickets taken before it can no longer fill.
         self._epoch = 0
         #: Keys invalidated lately (at most `RECENT_INVALIDATIONS`, oldest dropped first): a
@@ -188,7 +210,22 @@ class LocalTier:
     @property
     def maxsize(self) -> int:
         """The bound on the number of entries."""
+        return self._book.max_entries
+
+    @property
+    def max_bytes(self) -> int:
+        """The bound on the summed encoded size of the entries and held values."""
         return int(self._book.maxsize)
+
+    @property
+    def max_entry_bytes(self) -> int:
+        """The largest encoded size of a value L1 keeps."""
+        return self._max_entry_bytes
+
+    @property
+    def bytes(self) -> int:
+        """The summed encoded size of the entries and held values now (a gauge)."""
+        return int(self._book.currsize)
 
     def get(self, key: str) -> tuple[Any, float, float] | None:
         """The live entry for ``key``, or None. Lock-free; records the hit."""
@@ -227,14 +264,26 @@ class LocalTier:
                 self._release(ticket)
 
     def hold(
-        self, key: str, value: Any, seconds: float, ticket: Ticket, tags: Iterable[str]
+        self,
+        key: str,
+        value: Any,
+        seconds: float,
+        ticket: Ticket,
+        tags: Iterable[str],
+        size: int | None = None,
     ) -> None:
-        """Keep a value served stale for ``seconds``, unless ``ticket`` was overtaken."""
+        """Keep a value served stale for ``seconds``, unless ``ticket`` was overtaken.
+        ``size`` is its encoded size (None: the weight of the entry it replaces)."""
         with self.lock:
             if ticket.epoch == self._epoch and ticket.record[1] == ticket.generation:
+                if size is None:
+                    size = self._book.get(key, 0)
+                if size > self._max_entry_bytes:
+                    return
                 now = self.timer()
                 self._before_fills(now)
-                self._book[key] = None  # may evict the least recently used key
+                self._book[key] = size  # may evict the least recently used keys
+                self._trim()
                 self.held[key] = (value, now + seconds, tuple(tags))
 
     def held_value(self, key: str) -> tuple[bool, Any]:
@@ -257,16 +306,22 @@ class LocalTier:
         ticket: Ticket | None = None,
         tags: Iterable[str] = (),
         stale_for: float = 0.0,
+        size: int = 0,
     ) -> bool:
         """Store ``value`` for ``ttl`` seconds (and keep it as a fail-safe copy for
         ``stale_for`` seconds, if longer) unless ``ticket`` was overtaken by an invalidation
-        or flush; returns whether it was stored.
+        or flush; returns whether it was stored. ``size`` is the value's encoded size, its
+        weight against ``max_bytes``; a value over ``max_entry_bytes`` is not stored (and
+        the older value of the key is dropped).
 
         Without a ticket (a ``set`` by this instance, the newest value by definition) the
         store is unconditional and overtakes every load of the key still in flight.
         """
         with self.lock:
-            if ttl <= 0:
+            too_big = size > self._max_entry_bytes
+            if too_big and ticket is not None and not self._current(ticket):
+                return False  # an invalidation overtook the load: leave the newer state
+            if ttl <= 0 or too_big:
                 # Nothing to store, but the older value must not stay readable.
                 self._bump(key)
                 self.data.pop(key, None)
@@ -275,45 +330,50 @@ class LocalTier:
                 return False
             now = self.timer()
             self._before_fills(now)
-            return self._fill(key, value, now + ttl, now + max(ttl, stale_for), ticket, tags)
+            return self._fill(key, value, now + ttl, now + max(ttl, stale_for), ticket, tags, size)
 
     def fill_many(
-        self, items: Iterable[tuple[str, Any, float, Ticket, Iterable[str], float]]
+        self, items: Iterable[tuple[str, Any, float, Ticket, Iterable[str], float, int]]
     ) -> None:
-        """`fill` for many ``(key, value, ttl, ticket, tags, stale_for)`` under one lock."""
+        """`fill` for many ``(key, value, ttl, ticket, tags, stale_for, size)`` under one
+        lock."""
         with self.lock:
             now = self.timer()
             self._before_fills(now)
-            for key, value, ttl, ticket, tags, stale_for in items:
-                if ttl > 0:
+            for key, value, ttl, ticket, tags, stale_for, size in items:
+                if ttl > 0 and size <= self._max_entry_bytes:
                     deadline = now + ttl
-                    self._fill(key, value, deadline, now + max(ttl, stale_for), ticket, tags)
+                    self._fill(key, value, deadline, now + max(ttl, stale_for), ticket, tags, size)
 
     def take_invalidated(self, key: str) -> bool:
         """Whether ``key`` was invalidated lately (and forget it). Lock-free."""
         return key in self.invalidated and self.invalidated.pop(key, 0) is None
 
     def fill_read(
-        self, items: Sequence[tuple[str, Any, float, float, Sequence[str]]], seen: int
+        self, items: Sequence[tuple[str, Any, float, float, Sequence[str], int]], seen: int
     ) -> bool:
-        """Keep entries read from L2, ``(key, value, ttl, stale_for, tags)``, in one pass
-        under one lock, unless anything was invalidated, written or flushed since `changes`
-        was ``seen`` (then nothing is kept: one of them may be older than that change).
+        """Keep entries read from L2, ``(key, value, ttl, stale_for, tags, size)``, in one
+        pass under one lock, unless anything was invalidated, written or flushed since
+        `changes` was ``seen`` (then nothing is kept: one of them may be older than that
+        change). Values over the per-entry share of the byte bound stay in L2 only.
         Whether they were kept."""
         with self.lock:
             if self.changes != seen:
                 return False
             now = self.timer()
             self._before_fills(now)
-            book, data, held = self._book, self.data, self.held
-            for key, value, ttl, stale_for, tags in items:
-                book[key] = None  # may evict the least recently used entry
-                data[key] = (value, now + ttl, now + max(ttl, stale_for))
+            book, data, held, largest = self._book, self.data, self.held, self._max_entry_bytes
+            for key, value, ttl, stale_for, tags, size in items:
+                if size > largest:
+                    continue
                 held.pop(key, None)  # a fresh value supersedes a stale one held
+                book[key] = size  # may evict the least recently used entries
+                self._trim()
+                data[key] = (value, now + ttl, now + max(ttl, stale_for))
                 for tag in tags:
                     self._tag_keys.setdefault(tag, set()).add(key)
                     self._tag_refs += 1
-            if self._tag_refs > 2 * self._book.maxsize + 1024:
+            if self._tag_refs > 2 * self._book.max_entries + 1024:
                 self._prune_tags()
         return True
 
@@ -396,6 +456,7 @@ class LocalTier:
         stale_until: float,
         ticket: Ticket | None,
         tags: Iterable[str],
+        size: int = 0,
     ) -> bool:
         if ticket is None:
             self._bump(key)
@@ -404,12 +465,13 @@ class LocalTier:
             return False
         # A fresh value supersedes a stale one held for the fail-safe.
         self.held.pop(key, None)
-        self._book[key] = None  # may evict the least recently used entry
+        self._book[key] = size  # may evict the least recently used entries
+        self._trim()
         self.data[key] = (value, deadline, stale_until)
         for tag in tags:
             self._tag_keys.setdefault(tag, set()).add(key)
             self._tag_refs += 1
-        if self._tag_refs > 2 * self._book.maxsize + 1024:
+        if self._tag_refs > 2 * self._book.max_entries + 1024:
             self._prune_tags()
         return True
 
@@ -431,6 +493,15 @@ class LocalTier:
             for key in (*expired, *ended):
                 if key not in self.data and key not in self.held:
                     self._book.pop(key, None)
+
+    def _trim(self) -> None:
+        # The bound on the number of entries; cachetools keeps the one on bytes.
+        book = self._book
+        while len(book) > book.max_entries:
+            book.popitem()
+
+    def _current(self, ticket: Ticket) -> bool:
+        return ticket.epoch == self._epoch and ticket.record[1] == ticket.generation
 
     def _bump(self, key: str) -> None:
         self.changes += 1

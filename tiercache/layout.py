@@ -4,6 +4,8 @@
 * ``{namespace}#ver``: the namespace version (`clear` moves it on);
 * ``{namespace}#tag:{tag}``: a tag's version (`invalidate_tags` moves it on);
 * ``{namespace}#refresh:{key}``: the short lock of a refresh-ahead;
+* ``{namespace}#write:{key}``: the lock a write-through holds over its writer call;
+* ``{namespace}#writes``: the durable write-behind stream (``write_stream.py``);
 * channel ``tiercache:inv:{namespace}`` (``tiercache:inv:{db}:{namespace}`` for a database other
   than 0: pub/sub ignores databases).
 
@@ -17,7 +19,7 @@ from collections.abc import Callable
 
 from .messages import channel_name
 
-__all__ = ["channel_name", "entry_key", "refresh_lock_key", "version_key"]
+__all__ = ["channel_name", "entry_key", "refresh_lock_key", "version_key", "write_lock_key"]
 
 
 def entry_key(namespace: str) -> Callable[[str], str]:
@@ -45,3 +47,11 @@ def refresh_lock_key(namespace: str, key: str) -> str:
     Since: 0.2.0
     """
     return f"{namespace}#refresh:{key}"
+
+
+def write_lock_key(namespace: str, key: str) -> str:
+    """The Redis key of the lock a write-through holds on ``key`` over its writer call.
+
+    Since: 0.3.0
+    """
+    return f"{namespace}#write:{key}"

@@ -30,6 +30,7 @@ from cachetools import LRUCache
 
 from .background import Background
 from .coherence import Coherence
+from .early import early_expiration
 from .entry import EntryCodec, Prepared
 from .errors import L2Error, SerializationError
 from .flight import SingleFlight
@@ -112,9 +113,12 @@ class Loads:
                 settings=settings,
                 wall=lifetimes.wall,
             )
-            if coherence is not None and reader is not None and settings.refresh_ahead
+            if coherence is not None
+            and reader is not None
+            and (settings.refresh_ahead or settings.early_expiration)
             else None
         )
+        self.early = early_expiration(settings, self.refresher, counters, lifetimes.wall)
 
     # -- entry points (arguments checked, span opened by the cache) ------------------------
 
@@ -210,8 +214,8 @@ class Loads:
             wall = self.lifetimes.wall()
             stale_ttl = self.settings.stale_ttl
             bounds: dict[float, float] = {}
-            fills: list[tuple[str, Any, float, float, Sequence[str]]] = []
-            for key, hit, learned_at in hits:
+            fills: list[tuple[str, Any, float, float, Sequence[str], int]] = []
+            for key, hit, learned_at, size in hits:
                 found[key] = hit.value
                 bound = bounds.get(learned_at)
                 if bound is None:
@@ -220,7 +224,7 @@ class Loads:
                 if ttl > 0:
                     tags = [tag for tag, _ in hit.tags] if hit.tags else ()
                     stale_for = hit.expires_at + stale_ttl - wall
-                    fills.append((key, hit.value, ttl, stale_for, tags))
+                    fills.append((key, hit.value, ttl, stale_for, tags, size))
             if fills:
                 self.l1.fill_read(fills, seen)
         self.counters.read_misses += len(missing) + l1_found - len(found)
@@ -260,6 +264,8 @@ class Loads:
         self.answered_hit(hit)
         if self.refresher is not None:
             self.refresher.maybe(key, loader, ttl, tags, hit)
+        if self.early is not None:
+            self.early.maybe(key, loader, ttl, tags, hit)
         return hit.entry.value
 
     def fill_from_l2(self, key: str, hit: Hit, ticket: Ticket) -> None:
@@ -268,7 +274,7 @@ class Loads:
         life = self.lifetimes.hit(entry.expires_at, hit.learned_at)
         if life.l1_ttl > 0:
             tags = [tag for tag, _ in entry.tags] if entry.tags else ()
-            self.l1.fill(key, entry.value, life.l1_ttl, ticket, tags, life.stale_for)
+            self.l1.fill(key, entry.value, life.l1_ttl, ticket, tags, life.stale_for, len(hit.blob))
 
     def answered_hit(self, hit: Hit) -> None:
         """Say on the span that L2 answered."""
@@ -277,6 +283,8 @@ class Loads:
     def call_loader(self, key: str, loader: Callable[[], Any]) -> Outcome:
         """The loader's value and its encoding (None: it cannot be stored)."""
         self.counters.loads += 1
+        clock = self.lifetimes.clock
+        started = clock()
         try:
             if self.telemetry.enabled:
                 with self.telemetry.load_span():
@@ -287,8 +295,9 @@ class Loads:
             self.counters.load_errors += 1
             raise
         # Every load path encodes, so a value is stored the same way with or without Redis.
+        took = clock() - started  # stored in the entry for early expiration
         try:
-            return value, self.codec.prepare(value)
+            return value, self.codec.prepare(value)._replace(delta=took)
         except (SerializationError, ValueError) as exc:
             self._unstorable(key, value, exc)
             return value, None
@@ -326,7 +335,8 @@ class Loads:
             stamp = writer.stamp
             blob = self.codec.frame(prepared, life.expires_at, stamp.ns_version, stamp.tags)
             self._write_with_lease(writer, blob, life.px_ms)
-        self.l1.fill(key, value, life.l1_ttl, ticket, tags, life.stale_for)
+        size = len(prepared.payload)
+        self.l1.fill(key, value, life.l1_ttl, ticket, tags, life.stale_for, size)
 
     def _write_with_lease(self, writer: LeaseWriter, blob: bytes, ttl_ms: int) -> None:
         assert self.coherence is not None
@@ -388,5 +398,5 @@ class Loads:
         self.telemetry.answered("stale", "stale")
         hold = min(self.settings.fail_safe_throttle, fallback.for_seconds)
         # Held apart from L1's fresh entries: get() must never return a value past its ttl.
-        self.l1.hold(key, fallback.value, hold, ticket, fallback.tags)
+        self.l1.hold(key, fallback.value, hold, ticket, fallback.tags, fallback.size)
         return fallback.value

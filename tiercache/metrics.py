@@ -35,12 +35,15 @@ from .telemetry import (
     METRIC_DURATION,
     METRIC_INV_RECEIVED,
     METRIC_INV_SENT,
+    METRIC_L1_BYTES,
     METRIC_L1_ENTRIES,
     METRIC_L2_ERRORS,
     METRIC_LOAD_ERRORS,
     METRIC_LOADS,
     METRIC_REQUESTS,
     METRIC_STALE,
+    METRIC_WRITE_BEHIND_PENDING,
+    METRIC_WRITES_DROPPED,
 )
 
 __all__ = ["Readings", "duration_histogram", "forget", "observe"]
@@ -87,6 +90,12 @@ class _Instruments:
                 _received,
             ),
             (METRIC_L2_ERRORS, "{error}", "Failed Redis reads and writes", _l2_errors),
+            (
+                METRIC_WRITES_DROPPED,
+                "{write}",
+                "Write-behind writes dropped after their retries (or left at close)",
+                _stat("writes_dropped"),
+            ),
         ]
         #: Monotonic counters: a closed cache's last totals are kept (see `forget`).
         self.monotonic: list[_Totals] = []
@@ -107,6 +116,18 @@ class _Instruments:
             callbacks=[_callback(_stat("l1_size"))],
             unit="{entry}",
             description="Entries held in L1",
+        )
+        meter.create_observable_up_down_counter(
+            METRIC_L1_BYTES,
+            callbacks=[_callback(_stat("l1_bytes"))],
+            unit="By",
+            description="Encoded size of the values held in L1 (fail-safe held values included)",
+        )
+        meter.create_observable_up_down_counter(
+            METRIC_WRITE_BEHIND_PENDING,
+            callbacks=[_callback(_stat("write_behind_pending"))],
+            unit="{write}",
+            description="Write-behind writes queued or being written",
         )
 
 

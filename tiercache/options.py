@@ -19,7 +19,9 @@ __all__ = [
     "DEFAULT_BACKGROUND_WORKERS",
     "DEFAULT_COMPRESS_THRESHOLD",
     "DEFAULT_FAIL_SAFE_THROTTLE",
+    "DEFAULT_L1_ENTRY_SHARE",
     "DEFAULT_L1_MAXSIZE",
+    "DEFAULT_L1_MAX_BYTES",
     "DEFAULT_L1_TTL",
     "DEFAULT_LEASE_TTL",
     "DEFAULT_LEASE_WAIT",
@@ -28,6 +30,9 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "DEFAULT_PROPAGATE_VALUES",
     "DEFAULT_TTL",
+    "DEFAULT_WRITE_BEHIND_BATCH_SIZE",
+    "DEFAULT_WRITE_BEHIND_DELAY",
+    "DEFAULT_WRITE_BEHIND_RETRIES",
     "MAX_DURATION",
     "OPTIONS",
     "TTL_JITTER",
@@ -37,6 +42,7 @@ __all__ = [
     "Settings",
     "check_duration",
     "check_optional_ttl",
+    "check_writer",
     "options_table",
 ]
 
@@ -49,6 +55,15 @@ DEFAULT_TTL = 300.0
 #: shorter, ``l1_ttl`` defaults to ``ttl``.
 DEFAULT_L1_TTL = 30.0
 DEFAULT_L1_MAXSIZE = 10_000
+#: The default bound on the summed encoded size of L1's values (64 MiB).
+DEFAULT_L1_MAX_BYTES = 64 * 1024 * 1024
+#: A value whose encoded size is over this share of ``l1_max_bytes`` stays in L2 only.
+DEFAULT_L1_ENTRY_SHARE = 0.125
+#: Seconds a queued write-behind write waits for others to join its batch.
+DEFAULT_WRITE_BEHIND_DELAY = 0.1
+DEFAULT_WRITE_BEHIND_BATCH_SIZE = 100
+#: How many times a failed write-behind batch is retried (with backoff) before it is dropped.
+DEFAULT_WRITE_BEHIND_RETRIES = 5
 DEFAULT_MAX_KEY_LENGTH = 1024
 #: Serialized values at least this large are zstd-compressed. Measured on these machines
 #: (benchmarks/compression.py): below ~8 KiB zstd saves little Redis memory per CPU spent
@@ -200,6 +215,51 @@ def _refresh_ahead(value: Any) -> float | None:
     return fraction
 
 
+def _optional_int(name: str, minimum: int) -> Callable[[Any], int | None]:
+    return lambda value: None if value is None else _check_int(name, value, minimum)
+
+
+def _fraction(name: str) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a number, not {value!r}")
+        if not 0.0 < float(value) <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        return float(value)
+
+    return check
+
+
+def _early_expiration(value: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"early_expiration must be a number (the XFetch beta), not {value!r}")
+    beta = float(value)
+    if not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"early_expiration must be a finite number > 0, got {value!r}")
+    return beta
+
+
+def check_writer(value: Any) -> Any:
+    """Return ``value`` if it is None or implements `tiercache.Writer`, else raise TypeError.
+
+    Since: 0.3.0
+    """
+    if value is None:
+        return None
+    missing = [
+        name
+        for name in ("write", "write_many", "delete", "delete_many")
+        if not callable(getattr(value, name, None))
+    ]
+    if missing:
+        raise TypeError(
+            f"writer must implement tiercache.Writer; {value!r} lacks {', '.join(missing)}"
+        )
+    return value
+
+
 def _record_keys(value: Any) -> str | None:
     if value not in (None, "hash", "raw"):
         raise ValueError(f"record_keys must be None, 'hash' or 'raw', not {value!r}")
@@ -258,6 +318,22 @@ OPTIONS: tuple[Option, ...] = (
         "fail-safe holds count too",
     ),
     Option(
+        "l1_max_bytes",
+        DEFAULT_L1_MAX_BYTES,
+        "64 MiB",
+        _optional_int("l1_max_bytes", 1),
+        "bound on the summed encoded size of L1's values (held fail-safe values included), "
+        "besides `l1_maxsize`; `None`: entries only. See [Memory](patterns.md#memory)",
+    ),
+    Option(
+        "l1_entry_share",
+        DEFAULT_L1_ENTRY_SHARE,
+        "1/8",
+        _fraction("l1_entry_share"),
+        "a value whose encoded size is over this share of `l1_max_bytes` is not kept in L1 "
+        "(it is read from Redis each time)",
+    ),
+    Option(
         "max_key_length",
         DEFAULT_MAX_KEY_LENGTH,
         "1,024",
@@ -309,6 +385,52 @@ OPTIONS: tuple[Option, ...] = (
         "`False`",
         _bool("raise_on_write_error"),
         "make writes raise `L2Error` when Redis fails, instead of counting and logging it",
+    ),
+    Option(
+        "writer",
+        None,
+        "`None`",
+        check_writer,
+        "a [`Writer`](patterns.md#write-through) to the source of truth: `set`/`delete` "
+        "write through it (or behind it, with `write_behind`); per-call `writer=` overrides it",
+    ),
+    Option(
+        "write_behind",
+        False,
+        "`False`",
+        _bool("write_behind"),
+        "[write-behind](patterns.md#write-behind): `set`/`delete` update the cache at once "
+        "and queue the writer's call for a background flusher",
+    ),
+    Option(
+        "write_behind_delay",
+        DEFAULT_WRITE_BEHIND_DELAY,
+        "0.1 s",
+        _duration("write_behind_delay", zero=True),
+        "how long a queued write waits for others to join its batch",
+    ),
+    Option(
+        "write_behind_batch_size",
+        DEFAULT_WRITE_BEHIND_BATCH_SIZE,
+        "100",
+        _int("write_behind_batch_size", 1),
+        "most writes per writer call; a full batch is flushed without waiting",
+    ),
+    Option(
+        "write_behind_stream",
+        False,
+        "`False`",
+        _bool("write_behind_stream"),
+        "keep the write-behind queue in a [Redis stream](patterns.md#the-durable-queue) per "
+        "namespace instead of the process's memory, so a killed process loses no write",
+    ),
+    Option(
+        "write_behind_retries",
+        DEFAULT_WRITE_BEHIND_RETRIES,
+        "5",
+        _int("write_behind_retries", 0),
+        "retries of a failed batch (backoff from `write_behind_delay`, doubling, at most "
+        "5 s) before its writes are dropped, counted and logged",
     ),
     Option(
         "lease_ttl",
@@ -373,6 +495,15 @@ OPTIONS: tuple[Option, ...] = (
         "a fraction of `ttl` in (0, 1): a value read from Redis after that part of its life "
         "is returned and reloaded in the background (needs Redis; in L1-only mode the value "
         "is reloaded by the caller once that fraction has passed)",
+    ),
+    Option(
+        "early_expiration",
+        None,
+        "`None`",
+        _early_expiration,
+        "[probabilistic early expiration](patterns.md#probabilistic-early-expiration) "
+        "(XFetch) with this beta (`1.0` is the usual choice): a read from Redis reloads a "
+        "value in the background before its expiry, the sooner the longer its last load took",
     ),
     Option(
         "none_ttl",
@@ -455,6 +586,8 @@ class Settings:
     ttl: float
     l1_ttl: float
     l1_maxsize: int
+    l1_max_bytes: int | None
+    l1_entry_share: float
     max_key_length: int
     compress_threshold: int
     max_value_bytes: int
@@ -462,6 +595,12 @@ class Settings:
     compressor: Any
     propagate_values: int
     raise_on_write_error: bool
+    writer: Any
+    write_behind: bool
+    write_behind_delay: float
+    write_behind_batch_size: int
+    write_behind_stream: bool
+    write_behind_retries: int
     lease_ttl: float
     lease_wait: float
     breaker: Breaker | None
@@ -470,6 +609,7 @@ class Settings:
     soft_timeout: float | None
     hard_timeout: float | None
     refresh_ahead: float | None
+    early_expiration: float | None
     none_ttl: float | None
     background_workers: int
     telemetry: bool
@@ -499,6 +639,10 @@ class Settings:
         none_ttl = values["none_ttl"]
         if none_ttl is not None and none_ttl > ttl:
             raise ValueError(f"none_ttl ({none_ttl:g} s) must not exceed ttl ({ttl:g} s)")
+        if values["write_behind"] and values["writer"] is None:
+            raise ValueError("write_behind needs a writer (writer=...)")
+        if values["write_behind_stream"] and not values["write_behind"]:
+            raise ValueError("write_behind_stream needs write_behind=True")
         return cls(**values)
 
 

@@ -120,7 +120,7 @@ class Propagation:
                 continue
             tags = [tag for tag, _ in entry.tags]
             # No ticket: a write, which overtakes the key's loads in flight in this process.
-            self._l1.fill(key, entry.value, life.l1_ttl, None, tags, life.stale_for)
+            self._l1.fill(key, entry.value, life.l1_ttl, None, tags, life.stale_for, len(blob))
             self._counters.values_received += 1
         if dropped:
             self._l1.invalidate(dropped)

@@ -103,13 +103,17 @@ Read = Hit | Stale | Leased | Unusable | Missing | Failed
 class Fallback:
     """A value that may be served, marked stale, when the loader fails or is too slow."""
 
-    __slots__ = ("for_seconds", "tags", "value")
+    __slots__ = ("for_seconds", "size", "tags", "value")
 
-    def __init__(self, value: object, tags: list[str], for_seconds: float) -> None:
+    def __init__(
+        self, value: object, tags: list[str], for_seconds: float, size: int | None = None
+    ) -> None:
         self.value = value
         self.tags = tags
         #: How much longer it stays inside its fail-safe window.
         self.for_seconds = for_seconds
+        #: Its encoded size, its weight in L1 (None: that of the L1 entry it comes from).
+        self.size = size
 
 
 class Versions(Protocol):
@@ -186,8 +190,9 @@ class L2Reader:
         wall = self._wall()
         return [self.classify(key, blob, wall) for key, blob in zip(keys, blobs, strict=True)]
 
-    def hits(self, keys: Sequence[str]) -> list[tuple[str, Entry, float]] | Failed:
-        """The servable entries among ``keys`` (``(key, entry, learned_at)``), read in one
+    def hits(self, keys: Sequence[str]) -> list[tuple[str, Entry, float, int]] | Failed:
+        """The servable entries among ``keys`` (``(key, entry, learned_at, size)``, size in
+        bytes as stored), read in one
         round trip: `read_many` as a batch, with one clock read and one namespace-version
         lookup for all, and no object per key that is not a hit (counted as `classify`)."""
         try:
@@ -199,7 +204,7 @@ class L2Reader:
         known_version, known_at = known if known is not None else (-1, 0.0)
         decode, validate = self._codec.decode, self._coherence.validate
         counters = self._counters
-        found: list[tuple[str, Entry, float]] = []
+        found: list[tuple[str, Entry, float, int]] = []
         misses = 0
         for key, blob in zip(keys, blobs, strict=True):
             if blob is None:
@@ -228,7 +233,7 @@ class L2Reader:
             elif entry.expires_at <= wall:
                 misses += 1
             else:
-                found.append((key, entry, learned_at))
+                found.append((key, entry, learned_at, len(blob)))
         counters.l2_hits += len(found)
         counters.l2_misses += misses
         return found
@@ -265,6 +270,7 @@ class L2Reader:
         """The stale value an expired entry, or a lease placeholder, offers; None if none."""
         if isinstance(found, Leased):
             stale = found.lease.stale
+            size = len(stale)
             if not stale:
                 return None
             try:
@@ -274,11 +280,11 @@ class L2Reader:
             except (CorruptEntryError, L2Error):
                 return None
         else:
-            entry = found.entry
+            entry, size = found.entry, len(found.blob)
         remaining = entry.expires_at + self._stale_ttl - self._wall()
         if remaining <= 0:
             return None
-        return Fallback(entry.value, [tag for tag, _ in entry.tags], remaining)
+        return Fallback(entry.value, [tag for tag, _ in entry.tags], remaining, size)
 
     def failed(self, exc: L2Error) -> Failed:
         """Count and log a failed read (an open breaker counts itself, as ``l2_skipped``)."""

@@ -47,7 +47,7 @@ class Refresher:
         settings: Settings,
         wall: Callable[[], float],
     ) -> None:
-        assert settings.refresh_ahead is not None
+        # None: only early expiration starts refreshes (`start`), never `maybe`.
         self._fraction = settings.refresh_ahead
         self._lease_ttl = settings.lease_ttl
         self._namespace = settings.namespace
@@ -76,9 +76,18 @@ class Refresher:
         self, key: str, loader: Callable[[], Any], ttl: float, tags: list[str], hit: Hit
     ) -> None:
         """Start a background refresh of ``key`` if ``hit`` is due for one."""
+        if self._fraction is None:
+            return
         due_at = hit.entry.expires_at - ttl * (1.0 - self._fraction)
         if self._wall() < due_at:
             return
+        self.start(key, loader, ttl, tags, hit)
+
+    def start(
+        self, key: str, loader: Callable[[], Any], ttl: float, tags: list[str], hit: Hit
+    ) -> None:
+        """Reload ``key`` in the background now, unless this instance is already at it (or
+        another process is: the Redis lock)."""
         with self._lock:
             if key in self._refreshing:
                 return
@@ -114,7 +123,7 @@ class Refresher:
         coherence = self._coherence
         leases = coherence.leases
         lock_key = refresh_lock_key(self._namespace, key)
-        window = ttl * (1.0 - self._fraction)
+        window = ttl if self._fraction is None else ttl * (1.0 - self._fraction)
         if not leases.refresh_lock(lock_key, min(self._lease_ttl, window)):
             return  # another process is refreshing it
         try:
@@ -127,6 +136,7 @@ class Refresher:
             # Replace only the exact bytes we saw: a set/delete meanwhile wins (guarantee 3).
             if leases.replace(self._rkey(key), seen, blob, life.px_ms):
                 self._counters.refreshes += 1
-                self._l1.fill(key, value, life.l1_ttl, ticket, tags, life.stale_for)
+                size = len(prepared.payload)
+                self._l1.fill(key, value, life.l1_ttl, ticket, tags, life.stale_for, size)
         finally:
             leases.refresh_unlock(lock_key)

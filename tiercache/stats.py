@@ -47,6 +47,13 @@ COUNTERS = (
     "loads_served",
     "read_misses",
     "read_errors",
+    "writer_errors",
+    "writes_queued",
+    "writes_coalesced",
+    "writes_flushed",
+    "write_retries",
+    "writes_dropped",
+    "early_refreshes",
 )
 
 
@@ -93,6 +100,15 @@ class Counters:
         self.loads_served = 0
         self.read_misses = 0
         self.read_errors = 0
+        # Writers (write-through and write-behind).
+        self.writer_errors = 0
+        self.writes_queued = 0
+        self.writes_coalesced = 0
+        self.writes_flushed = 0
+        self.write_retries = 0
+        self.writes_dropped = 0
+        #: Reads from Redis that started an early reload (early_expiration).
+        self.early_refreshes = 0
 
     def reset(self) -> None:
         """Zero every counter in place (a forked child starts counting from zero; the

@@ -68,12 +68,15 @@ __all__ = [
     "METRIC_DURATION",
     "METRIC_INV_RECEIVED",
     "METRIC_INV_SENT",
+    "METRIC_L1_BYTES",
     "METRIC_L1_ENTRIES",
     "METRIC_L2_ERRORS",
     "METRIC_LOADS",
     "METRIC_LOAD_ERRORS",
     "METRIC_REQUESTS",
     "METRIC_STALE",
+    "METRIC_WRITES_DROPPED",
+    "METRIC_WRITE_BEHIND_PENDING",
     "SPAN_ADD",
     "SPAN_CLEAR",
     "SPAN_DELETE",
@@ -155,6 +158,9 @@ METRIC_INV_RECEIVED = "tiercache.invalidations.received"
 METRIC_L2_ERRORS = "tiercache.l2.errors"
 METRIC_BREAKER = "tiercache.breaker.open"
 METRIC_L1_ENTRIES = "tiercache.l1.entries"
+METRIC_L1_BYTES = "tiercache.l1.bytes"
+METRIC_WRITES_DROPPED = "tiercache.writes.dropped"
+METRIC_WRITE_BEHIND_PENDING = "tiercache.write_behind.pending"
 
 #: Bucket boundaries of `METRIC_DURATION`, in seconds: from 0.1 ms (a Redis round trip on
 #: loopback is 0.1-3 ms) to 10 s (a slow load), given to the SDK as advice. Without it the SDK

@@ -140,8 +140,9 @@ class Writes:
         stale_for = lifetimes.write(ttl).stale_for
         coherence, invalidations = self._coherence, self._invalidations
         if coherence is None or invalidations is None:
-            for key in keys:
-                self._l1.fill(key, mapping[key], ttl, tags=tags, stale_for=stale_for)
+            for key, ready in zip(keys, prepared, strict=True):
+                size = len(ready.payload)
+                self._l1.fill(key, mapping[key], ttl, tags=tags, stale_for=stale_for, size=size)
             return
         self._lifecycle.ready()
         learned_at: float | None = None
@@ -164,8 +165,9 @@ class Writes:
                 self._l1.invalidate(keys)
             self._failed(exc)
         l1_ttl = lifetimes.after_write(ttl, learned_at)
-        for key in keys:
-            self._l1.fill(key, mapping[key], l1_ttl, tags=tags, stale_for=stale_for)
+        for key, ready in zip(keys, prepared, strict=True):
+            size = len(ready.payload)
+            self._l1.fill(key, mapping[key], l1_ttl, tags=tags, stale_for=stale_for, size=size)
 
     def delete_many(self, keys: list[str]) -> None:
         """Remove the keys from L2, every other instance's L1 and ours."""

@@ -155,7 +155,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 reader = InMemoryMetricReader()
 metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
-GAUGES = {"tiercache.l1.entries", "tiercache.breaker.open"}
+GAUGES = {
+    "tiercache.l1.entries",
+    "tiercache.l1.bytes",
+    "tiercache.write_behind.pending",
+    "tiercache.breaker.open",
+}
 
 
 def counts():

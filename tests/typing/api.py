@@ -6,6 +6,7 @@ Never run: mypy reads it. Each ``assert_type`` pins an inferred type (and fails 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +27,7 @@ from tiercache import (
     SerializationError,
     TierCache,
     TierCacheError,
+    Writer,
 )
 from tiercache.memoizing import BoundMemoized
 
@@ -146,3 +148,24 @@ except TierCacheError as error:
 
 assert issubclass(KeyCollisionWarning, Warning)
 assert issubclass(SerializationError, TypeError)
+
+# -- writers: any object with the four methods is a Writer -------------------------------------
+
+
+class Rows:
+    def write(self, key: str, value: Any) -> None: ...
+    def write_many(self, items: Mapping[str, Any]) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def delete_many(self, keys: Sequence[str]) -> None: ...
+
+
+rows: Writer = Rows()
+through = TierCache(None, writer=rows)
+through.set("k", 1, writer=rows)
+through.set_many({"a": 1}, writer=rows)
+through.delete("k", writer=rows)
+through.delete_many(["a"], writer=rows)
+behind = TierCache(None, writer=rows, write_behind=True, write_behind_delay=0.05)
+assert_type(behind.flush(timeout=5.0), bool)
+behind.close(timeout=10.0)
+TierCache(None, l1_max_bytes=64 * 1024 * 1024, l1_entry_share=0.125, early_expiration=1.0)

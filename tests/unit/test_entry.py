@@ -28,7 +28,7 @@ from tiercache.entry import (
 )
 from tiercache.errors import CorruptEntryError
 
-HEADER = struct.Struct("!BBQQ")  # version, flags, expiry ms, namespace version
+HEADER = struct.Struct("!BBQQI")  # version, flags, expiry ms, namespace version, delta ms
 FLAG_ZSTD = 0x01
 FLAG_CUSTOM = 0x02
 FLAG_TAGS = 0x04
@@ -36,7 +36,7 @@ FLAG_LEASE = 0x08
 
 
 def hdr(version: int = FORMAT_VERSION, flags: int = 0, expires_ms: int = 0, ns: int = 0) -> bytes:
-    return HEADER.pack(version, flags, expires_ms, ns)
+    return HEADER.pack(version, flags, expires_ms, ns, 0)
 
 
 def make_codec(
@@ -82,12 +82,29 @@ def test_expiry_is_stored_in_whole_milliseconds() -> None:
 
 
 def test_header_layout_is_pinned() -> None:
-    """Version u8 (2), flags u8, expiry u64 ms, namespace version u64, then the payload."""
-    blob = make_codec().encode({"a": 1}, expires_at=2.5, ns_version=7)
-    assert FORMAT_VERSION == 2
-    assert HEADER_SIZE == HEADER.size == 18
-    assert HEADER.unpack_from(blob) == (FORMAT_VERSION, 0, 2500, 7)
+    """Version u8 (3), flags u8, expiry u64 ms, namespace version u64, load duration u32 ms,
+    then the payload."""
+    codec = make_codec()
+    blob = codec.frame(codec.prepare({"a": 1})._replace(delta=0.25), 2.5, 7)
+    assert FORMAT_VERSION == 3
+    assert HEADER_SIZE == HEADER.size == 22
+    assert HEADER.unpack_from(blob) == (FORMAT_VERSION, 0, 2500, 7, 250)
     assert blob[HEADER_SIZE:] == msgpack.packb({"a": 1})
+    assert codec.decode(blob) == Entry({"a": 1}, 2.5, 7, (), 0.25)
+
+
+def test_a_format_2_entry_is_a_miss() -> None:
+    """The 18-byte header of format 2 (no load duration) is an unknown version: a miss."""
+    old = struct.pack("!BBQQ", 2, 0, 2500, 7) + msgpack.packb({"a": 1}) + b"padding"
+    with pytest.raises(CorruptEntryError, match="unknown entry format version 2"):
+        make_codec().decode(old)
+
+
+def test_a_load_duration_is_capped_not_wrapped() -> None:
+    """A load longer than the u32 of milliseconds holds is stored as the largest value."""
+    codec = make_codec()
+    blob = codec.frame(codec.prepare(1)._replace(delta=10.0**9), 2.5)
+    assert HEADER.unpack_from(blob)[4] == 2**32 - 1
 
 
 @pytest.mark.parametrize("version", [2**32 - 1, 2**32, 5_000_000_000, MAX_VERSION])
@@ -131,7 +148,7 @@ def test_entries_carrying_versions_over_the_range_are_corrupt() -> None:
 def test_an_entry_in_the_old_14_byte_format_is_a_miss() -> None:
     """Format version 1 (u32 namespace version) is an unknown version: CorruptEntryError."""
     old = struct.pack("!BBQI", 1, 0, 2500, 7) + msgpack.packb({"a": 1})
-    with pytest.raises(CorruptEntryError, match="unknown entry format version 1"):
+    with pytest.raises(CorruptEntryError, match=r"unknown entry format version 1|shorter than"):
         make_codec().decode(old)
 
 
@@ -303,7 +320,7 @@ def _valid_blobs() -> dict[str, bytes]:
         (hdr(flags=FLAG_LEASE) + b"short token", "malformed lease placeholder"),
         (hdr(flags=FLAG_LEASE | FLAG_ZSTD) + bytes(LEASE_TOKEN_SIZE), "malformed lease"),
         (json.dumps({"user": 42, "name": "alice"}).encode(), "unknown entry format version 123"),
-        (pickle.dumps({"a": 1}), "unknown entry format version"),
+        (pickle.dumps({"a": 1}), "unknown entry format version|shorter than"),
         (bytes([FORMAT_VERSION]) + pickle.dumps({"a": 1}), "undecodable payload|shorter|flags"),
     ],
     ids=[

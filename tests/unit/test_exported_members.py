@@ -29,6 +29,7 @@ EXPECTED_ALL = [
     "Serializer",
     "TierCache",
     "TierCacheError",
+    "Writer",
     "__version__",
     "configure",
     "get_default",

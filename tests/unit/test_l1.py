@@ -467,10 +467,10 @@ def test_a_batch_fill_keeps_nothing_if_anything_changed_while_l2_was_read(
     happened since its snapshot of `changes` (one of them may be older than that change)."""
     seen = tier.changes
     tier.invalidate(["unrelated"])
-    assert not tier.fill_read([("a", 1, 10.0, 10.0, ())], seen)
+    assert not tier.fill_read([("a", 1, 10.0, 10.0, (), 10)], seen)
     assert tier.get("a") is None
     seen = tier.changes
-    assert tier.fill_read([("a", 1, 10.0, 10.0, ("t",))], seen)
+    assert tier.fill_read([("a", 1, 10.0, 10.0, ("t",), 10)], seen)
     assert value_of(tier, "a") == 1
     tier.invalidate_tags(["t"])
     assert tier.get("a") is None

@@ -124,7 +124,11 @@ def test_a_batch_read_returns_only_the_hits_and_counts_the_rest(parts) -> None:
     keys = ["fresh", "tagged", "expired", "cleared", "garbage", "leased", "absent"]
     found = reader.hits(keys)
     assert not isinstance(found, Failed)
-    assert [(key, entry.value) for key, entry, _ in found] == [("fresh", "v"), ("tagged", "t")]
+    assert [(key, entry.value) for key, entry, _, _ in found] == [("fresh", "v"), ("tagged", "t")]
+    assert [size for *_, size in found] == [
+        len(store.data["ns:fresh"]),
+        len(store.data["ns:tagged"]),
+    ]
     assert (counters.l2_hits, counters.l2_misses, counters.l2_corrupt, counters.l2_stale) == (
         2,
         5,

@@ -944,6 +944,9 @@ def test_instruments_have_the_documented_names_units_and_kinds(
         tel.METRIC_L2_ERRORS: ("{error}", True),
         tel.METRIC_BREAKER: ("{instance}", False),
         tel.METRIC_L1_ENTRIES: ("{entry}", False),
+        tel.METRIC_L1_BYTES: ("By", False),
+        tel.METRIC_WRITES_DROPPED: ("{write}", True),
+        tel.METRIC_WRITE_BEHIND_PENDING: ("{write}", False),
     }
     for name, (unit, monotonic) in expected_sums.items():
         metric = found[name]
@@ -1165,7 +1168,12 @@ def test_duration_histogram_for_l2_round_trips_and_loads(
     assert sum(p.count for k, p in found.items() if dict(k)[tel.ATTR_TIER] == "loader") == 1
 
 
-GAUGES = (tel.METRIC_L1_ENTRIES, tel.METRIC_BREAKER)
+GAUGES = (
+    tel.METRIC_L1_ENTRIES,
+    tel.METRIC_L1_BYTES,
+    tel.METRIC_WRITE_BEHIND_PENDING,
+    tel.METRIC_BREAKER,
+)
 
 
 def test_a_closed_cache_is_no_longer_reported_in_the_gauges(
