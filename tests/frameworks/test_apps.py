@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.redis_server import RedisServer
-from tests.support import REPO_ROOT, unique_namespace, wait_for
+from tests.support import REPO_ROOT, unique_namespace, wait_for, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -151,7 +151,11 @@ def _every_worker_answers(port: int, path: str, expected: Any) -> set[int]:
             seen[answer["pid"]] = answer["value"]
         return len(seen) == WORKERS and all(value == expected for value in seen.values())
 
-    wait_for(done, SERVER_TIMEOUT, f"{WORKERS} workers answering {expected!r} at {path}: {seen}")
+    if not wait_until(done, SERVER_TIMEOUT):
+        raise AssertionError(
+            f"timed out after {SERVER_TIMEOUT:g} s waiting for {WORKERS} workers answering "
+            f"{expected!r} at {path}; last answers by pid: {seen}"
+        )
     return set(seen)
 
 
