@@ -10,16 +10,7 @@ without a restart of gunicorn.
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,54 +18,21 @@ from typing import Any
 
 import pytest
 
+from tests.gunicorn import request_json, serve
 from tests.redis_server import RedisServer
-from tests.support import REPO_ROOT, unique_namespace, wait_for, wait_until
+from tests.support import unique_namespace, wait_for, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 WORKERS = 4
 SERVER_TIMEOUT = 20.0  # gunicorn answering; a value reaching every worker
-STOP_TIMEOUT = 10.0
 APPS = {
     "django": "tests.frameworks.apps.django_wsgi:application",
     "flask": "tests.frameworks.apps.flask_app:app",
 }
 
 
-def _gunicorn() -> str:
-    path = Path(sys.executable).parent / "gunicorn"
-    if path.exists():
-        return str(path)
-    found = shutil.which("gunicorn")
-    if found is None:
-        reason = "gunicorn is not installed (pip install gunicorn)"
-        if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
-            pytest.fail(f"{reason}; required because CI=true")
-        pytest.skip(reason)
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _request(port: int, method: str, path: str) -> dict[str, Any] | None:
-    """One request on a new connection; its JSON answer, or None if refused."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request(method, path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        body = response.read()
-        assert response.status == 200, (response.status, body)
-        answer: dict[str, Any] = json.loads(body)
-        return answer
-    except ConnectionRefusedError:
-        return None
-    finally:
-        conn.close()
+_request = request_json
 
 
 @pytest.fixture(params=sorted(APPS))
@@ -82,54 +40,21 @@ def served(
     request: pytest.FixtureRequest, fresh_redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[tuple[int, RedisServer]]:
     """gunicorn --preload -w 4 serving one app on a private redis-server; (port, server)."""
-    binary = _gunicorn()
-    port = _free_port()
     env = dict(
         os.environ,
         TIERCACHE_TEST_URL=fresh_redis_server.url,
         TIERCACHE_TEST_NAMESPACE=unique_namespace(request.param),
     )
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    log_path = tmp_path / "gunicorn.log"
-    command = [
-        binary,
-        "--preload",
-        "-w",
-        str(WORKERS),
-        "-k",
-        "sync",
-        "-b",
-        f"127.0.0.1:{port}",
-        "--graceful-timeout",
-        "5",
+    with serve(
         APPS[request.param],
-    ]
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,  # its own process group: a SIGKILL reaches the workers
-        )
-    try:
-        deadline = time.monotonic() + SERVER_TIMEOUT
-        while _request(port, "GET", "/get?key=__up__") is None:
-            assert server.poll() is None, "gunicorn exited:\n" + log_path.read_text()
-            assert time.monotonic() < deadline, "gunicorn never answered:\n" + log_path.read_text()
-            time.sleep(0.05)  # poll interval of a bounded loop
+        workers=WORKERS,
+        env=env,
+        log_path=tmp_path / "gunicorn.log",
+        up=lambda port: _request(port, "GET", "/get?key=__up__") is not None,
+        timeout=SERVER_TIMEOUT,
+    ) as (port, _server):
         yield port, fresh_redis_server
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
-            server.kill()
-            server.wait()
 
 
 def _round(port: int, path: str) -> list[dict[str, Any]]:

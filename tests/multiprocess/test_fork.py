@@ -18,16 +18,7 @@ Last, a real gunicorn ``--preload`` server with four workers forked from a maste
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests.gunicorn import request_json, serve
 from tests.multiprocess.support import (
     FORK,
     PROPAGATION_TIMEOUT,
@@ -47,7 +39,7 @@ from tests.multiprocess.support import (
     subscribe,
 )
 from tests.redis_server import RedisServer
-from tests.support import REPO_ROOT, wait_for
+from tests.support import wait_for
 from tiercache import TierCache, forking
 
 pytestmark = pytest.mark.redis
@@ -232,91 +224,24 @@ def test_child_of_multiprocessing_fork_starts_empty_subscribes_anew_and_steals_n
 
 WORKERS = 4
 SERVER_TIMEOUT = 20.0  # gunicorn answering, workers warming, the new value reaching all
-STOP_TIMEOUT = 10.0
 
 
-def _gunicorn() -> str:
-    path = Path(sys.executable).parent / "gunicorn"
-    if path.exists():
-        return str(path)
-    found = shutil.which("gunicorn")
-    if found is None:
-        reason = "gunicorn is not installed (pip install gunicorn)"
-        if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
-            pytest.fail(f"{reason}; required because CI=true")
-        pytest.skip(reason)
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _request(port: int, method: str, path: str) -> dict[str, Any] | None:
-    """One request on a new connection (``Connection: close``); None if refused."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request(method, path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        body = response.read()
-        assert response.status == 200, (response.status, body)
-        answer: dict[str, Any] = json.loads(body)
-        return answer
-    except ConnectionRefusedError:
-        return None
-    finally:
-        conn.close()
+_request = request_json
 
 
 @pytest.fixture
 def gunicorn_server(redis_server: RedisServer, namespace: str, tmp_path: Path) -> Iterator[int]:
     """gunicorn --preload -w 4 -k sync serving tests/multiprocess/wsgi_app.py; its port."""
-    binary = _gunicorn()
-    port = _free_port()
     env = dict(os.environ, TIERCACHE_TEST_URL=redis_server.url, TIERCACHE_TEST_NAMESPACE=namespace)
-    log_path = tmp_path / "gunicorn.log"
-    command = [
-        binary,
-        "--preload",
-        "-w",
-        str(WORKERS),
-        "-k",
-        "sync",
-        "-b",
-        f"127.0.0.1:{port}",
-        "--graceful-timeout",
-        "5",
+    with serve(
         "tests.multiprocess.wsgi_app:app",
-    ]
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,  # its own process group: a SIGKILL reaches the workers
-        )
-    try:
-        deadline = time.monotonic() + SERVER_TIMEOUT
-        while _request(port, "GET", "/get?key=__up__") is None:
-            assert server.poll() is None, "gunicorn exited:\n" + log_path.read_text()
-            assert time.monotonic() < deadline, "gunicorn never answered:\n" + log_path.read_text()
-            time.sleep(0.05)  # poll interval of a bounded loop
+        workers=WORKERS,
+        env=env,
+        log_path=tmp_path / "gunicorn.log",
+        up=lambda port: _request(port, "GET", "/get?key=__up__") is not None,
+        timeout=SERVER_TIMEOUT,
+    ) as (port, _server):
         yield port
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
-            server.kill()
-            server.wait()
 
 
 def test_gunicorn_preload_workers_each_get_a_working_cache_of_their_own(

@@ -15,19 +15,14 @@ trees shown in docs/telemetry.md come from such a run).
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import http.client
 import http.server
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from tests.gunicorn import serve
 from tests.redis_server import RedisServer
 from tests.support import REPO_ROOT, wait_for
 
@@ -191,21 +187,6 @@ def _metric_points(receiver: Receiver) -> dict[str, dict[str, list[tuple[dict[st
 # -- gunicorn --------------------------------------------------------------------------------------
 
 
-def _gunicorn() -> str:
-    path = Path(sys.executable).parent / "gunicorn"
-    found = str(path) if path.exists() else shutil.which("gunicorn")
-    if found is None:
-        pytest.skip("gunicorn is not installed (pip install gunicorn)")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _get(port: int, path: str) -> tuple[int, dict[str, Any] | None]:
     """One request on a new connection; (status, JSON answer); (0, None) if refused."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -225,8 +206,6 @@ def served(
     redis_server: RedisServer, namespace: str, tmp_path: Path
 ) -> Iterator[tuple[int, Receiver, subprocess.Popen[bytes]]]:
     """The receiver and gunicorn --preload -w 2 exporting to it: (port, receiver, server)."""
-    binary = _gunicorn()
-    port = _free_port()
     with Receiver() as receiver:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         env.update(
@@ -234,48 +213,18 @@ def served(
             TIERCACHE_TEST_NAMESPACE=namespace,
             TIERCACHE_TEST_OTLP=receiver.url,
         )
-        log_path = tmp_path / "gunicorn.log"
-        command = [
-            binary,
-            "--preload",
-            "-w",
-            str(WORKERS),
-            "-k",
-            "sync",
-            "-b",
-            f"127.0.0.1:{port}",
-            "-c",
-            str(REPO_ROOT / "tests" / "multiprocess" / "otel_gunicorn_conf.py"),
-            "--graceful-timeout",
-            "10",
+        conf = str(REPO_ROOT / "tests" / "multiprocess" / "otel_gunicorn_conf.py")
+        with serve(
             "tests.multiprocess.otel_wsgi_app:app",
-        ]
-        with log_path.open("wb") as log:
-            server = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,  # its own process group: a SIGKILL reaches the workers
-            )
-        try:
-            deadline = time.monotonic() + SERVER_TIMEOUT
-            while _get(port, "/up")[0] != 200:
-                assert server.poll() is None, "gunicorn exited:\n" + log_path.read_text()
-                assert time.monotonic() < deadline, "no answer:\n" + log_path.read_text()
-                time.sleep(0.05)  # poll interval of a bounded loop
+            workers=WORKERS,
+            env=env,
+            log_path=tmp_path / "gunicorn.log",
+            up=lambda port: _get(port, "/up")[0] == 200,
+            timeout=SERVER_TIMEOUT,
+            extra=["-c", conf],
+            graceful=10,
+        ) as (port, server):
             yield port, receiver, server
-        finally:
-            if server.poll() is None:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(server.pid, signal.SIGKILL)
-                    server.wait()
 
 
 def _stop(server: subprocess.Popen[bytes]) -> None:
