@@ -12,6 +12,12 @@ arrives as a plain error reply and is recognised by its text (`misconfiguration`
 refusal inside a Lua script, a server without scripting, a database index the server does
 not have, a TLS handshake that fails on a certificate or protocol mismatch.
 
+On a cluster, redis-py's own errors (``SlotNotCoveredError``,
+``RedisClusterUnreachableError``, the rest of the ``RedisClusterException`` family) do not
+derive from ``RedisError``; they are trouble all the same: `L2Error`, a miss. An unreachable
+cluster counts against the breaker; a slot that no node serves is answered at once and does
+not. The breaker is one per cluster (the Scaling page of the docs says why).
+
 Client-side errors (a value redis-py cannot encode) are the caller's, not Redis trouble:
 they propagate unchanged and never count against the breaker.
 """
@@ -31,6 +37,8 @@ from redis.exceptions import (
     AuthenticationError,
     DataError,
     NoPermissionError,
+    RedisClusterException,
+    RedisClusterUnreachableError,
     RedisError,
     ResponseError,
 )
@@ -62,7 +70,10 @@ R = TypeVar("R")
 #: password, a missing ACL permission, and what `misconfiguration` recognises.
 CONFIG_ERRORS = (AuthenticationError, NoPermissionError, ConfigurationError)
 # Redis did not answer: these count against the breaker. Any other error is a reply.
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterUnreachableError)
+# Redis trouble: redis-py's cluster errors (a slot no node serves, no node reachable, ...)
+# derive from RedisClusterException, not RedisError, and are trouble all the same.
+_TROUBLE = (RedisError, OSError, RedisClusterException)
 # Raised on our side before anything is sent: a bug at the call site, not Redis trouble.
 _CLIENT_SIDE = (DataError, TypeError, ValueError)
 _NO_SCRIPTING = re.compile(r"unknown command [`']?(evalsha|eval|script)\b", re.IGNORECASE)
@@ -301,7 +312,7 @@ class RedisTier:
         except _CLIENT_SIDE:
             breaker.cancel_probe()
             raise
-        except (RedisError, OSError) as exc:
+        except _TROUBLE as exc:
             wrong = misconfiguration(exc, self.db())
             if wrong is not None:
                 breaker.success()  # Redis (or the TLS layer) answered: it is not down
@@ -425,5 +436,5 @@ class RedisTier:
 
     def close(self) -> None:
         """Close the client's connections."""
-        with suppress(RedisError, OSError):
+        with suppress(*_TROUBLE):
             self.client.close()
