@@ -174,7 +174,7 @@ class RedisClusterProcesses:
         return RedisCluster(startup_nodes=nodes, **kwargs)
 
     def node_for_key(self, key: str) -> RedisServer:
-        """The node that holds ``key``'s slot now."""
+        """The node that holds ``key``'s slot now (ask while every node runs)."""
         probe = self.client()
         try:
             node = probe.get_node_from_key(key)

@@ -129,7 +129,8 @@ def _cluster(url: str, options: dict[str, Any]) -> RedisCluster:
     kwargs = {**_credentials(username, password), **options}
     if scheme.startswith("rediss"):
         kwargs.setdefault("ssl", True)
-    nodes = [ClusterNode(host, port) for host, port in hosts]
+    # redis-py does not annotate ClusterNode.__init__.
+    nodes = [ClusterNode(host, port) for host, port in hosts]  # type: ignore[no-untyped-call]
     return RedisCluster(startup_nodes=nodes, **kwargs)
 
 

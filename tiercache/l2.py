@@ -252,7 +252,7 @@ class RedisTier:
     Since: 0.1.0
     """
 
-    __slots__ = ("breaker", "client", "cluster", "telemetry")
+    __slots__ = ("_bus_node", "breaker", "client", "cluster", "telemetry")
 
     def __init__(
         self,
@@ -278,6 +278,9 @@ class RedisTier:
         self.telemetry = telemetry
         #: Whether the client is a ``RedisCluster`` (keys of one call may span nodes).
         self.cluster = isinstance(client, redis.RedisCluster)
+        # On a cluster: which primary carries our classic PUBLISH and SUBSCRIBE (an index
+        # into the primaries; see `_pubsub_node`).
+        self._bus_node = 0
 
     def server(self) -> tuple[str, int] | None:
         """``(host, port)`` of a standalone client, for telemetry; None if unknown."""
@@ -390,7 +393,30 @@ class RedisTier:
 
     def publish(self, channel: str, message: bytes) -> int:
         """``PUBLISH``; the number of subscribers that received it."""
+        if self.cluster:
+            return int(self._call("PUBLISH", self._publish_on_node, channel, message))
         return int(self._call("PUBLISH", self.client.publish, channel, message))
+
+    def _pubsub_node(self) -> Any:
+        """The cluster primary our classic pub/sub goes through.
+
+        A classic PUBLISH reaches the subscribers of every node (the cluster bus broadcasts
+        it), so any primary will do; redis-py would pick the node of the channel's hash slot,
+        and with that node dead and no replica to take over, the bus would stay down for
+        good. So the bus sticks to one primary and moves to the next one when it fails
+        (`_next_pubsub_node`)."""
+        primaries = self.client.get_primaries()
+        return primaries[self._bus_node % len(primaries)]
+
+    def _next_pubsub_node(self) -> None:
+        self._bus_node += 1
+
+    def _publish_on_node(self, channel: str, message: bytes) -> Any:
+        try:
+            return self.client.publish(channel, message, target_nodes=self._pubsub_node())
+        except Exception:
+            self._next_pubsub_node()
+            raise
 
     def subscribe(self, channel: str) -> Subscriber:
         """A new pub/sub connection subscribed to ``channel``, with redis-py's silent retries
@@ -402,7 +428,10 @@ class RedisTier:
 
         Since: 0.2.0
         """
-        pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+        if self.cluster:
+            pubsub = self.client.pubsub(node=self._pubsub_node(), ignore_subscribe_messages=False)
+        else:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=False)
         try:
             pubsub.subscribe(channel)
             connection = getattr(pubsub, "connection", None)
@@ -412,6 +441,8 @@ class RedisTier:
         except BaseException as exc:
             with suppress(Exception):
                 pubsub.close()
+            if self.cluster:
+                self._next_pubsub_node()
             if isinstance(exc, Exception):
                 raise _misconfigured_or(exc, self.db()) from None
             raise

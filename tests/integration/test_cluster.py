@@ -1,0 +1,213 @@
+"""Redis Cluster: construction, redis-py's cluster errors, and a node that dies under load.
+
+The session cluster (``redis_cluster``: 3 primaries, no replicas,
+``cluster-require-full-coverage no``) serves the quick tests; the tests that kill a node
+start a cluster of their own and are marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import RedisClusterUnreachableError, SlotNotCoveredError
+
+from tests.conftest import require_cluster_tools
+from tests.redis_cluster import RedisClusterProcesses
+from tests.support import WAIT, subscribed, unique_namespace, wait_until
+from tiercache import TierCache
+from tiercache.connect import client_from_url
+from tiercache.layout import version_key
+
+pytestmark = [pytest.mark.redis, pytest.mark.cluster]
+
+MISSING: Any = object()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[RedisClusterProcesses]:
+    """A cluster of this test's own, free to lose a node."""
+    require_cluster_tools()
+    with RedisClusterProcesses() as cluster:
+        yield cluster
+
+
+def test_cluster_url_builds_a_cluster_client_with_short_timeouts_and_no_retries(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    """redis+cluster:// gives a RedisCluster whose own retries and node retries are off."""
+    client = client_from_url(redis_cluster.url)
+    try:
+        assert isinstance(client, redis.RedisCluster)
+        assert client.retry.get_retries() == 0
+        node = client.get_default_node()
+        kwargs = client.get_redis_connection(node).connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == 0.25
+        assert kwargs["retry"].get_retries() == 0
+    finally:
+        client.close()
+
+
+def test_from_url_on_a_cluster_caches_and_invalidates_across_instances(
+    redis_cluster: RedisClusterProcesses, namespace: str
+) -> None:
+    """TierCache.from_url(redis+cluster://...) works end to end: L2 shared, bus delivering."""
+    with (
+        TierCache.from_url(redis_cluster.url, namespace=namespace, l1_ttl=60) as first,
+        TierCache.from_url(redis_cluster.url, namespace=namespace, l1_ttl=60) as second,
+    ):
+        subscribed(first)
+        subscribed(second)
+        first.set_many({f"k{i}": i for i in range(50)})
+        assert second.get_many([f"k{i}" for i in range(50)]) == {f"k{i}": i for i in range(50)}
+        first.set("k1", "new")
+        assert wait_until(lambda: second.get("k1") == "new")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(SlotNotCoveredError("slot 42 is not covered"), id="slot-not-covered"),
+        pytest.param(RedisClusterUnreachableError("no node answered"), id="unreachable"),
+    ],
+)
+def test_cluster_exceptions_are_a_miss_not_a_crash(
+    cluster_redis: redis.RedisCluster, namespace: str, monkeypatch: Any, error: Exception
+) -> None:
+    """redis-py's RedisClusterException family (not RedisError) is L2 trouble: a miss."""
+    assert not isinstance(error, redis.RedisError)
+    with TierCache(cluster_redis, namespace=namespace) as cache:
+        cache.set("k", 1)
+
+        def fail(*_args: Any, **_kwargs: Any) -> Any:
+            raise error
+
+        monkeypatch.setattr(cluster_redis, "get", fail)
+        monkeypatch.setattr(cluster_redis, "mget_nonatomic", fail)
+        fresh = TierCache(cluster_redis, namespace=namespace)
+        try:
+            assert fresh.get("k", MISSING) is MISSING
+            assert fresh.get_many(["k", "j"]) == {}
+            assert fresh.get_or_set("k", lambda: 2) == 2
+            assert fresh.stats()["l2_errors"] >= 3
+        finally:
+            fresh.close()
+
+
+@pytest.mark.slow
+def test_dead_primary_under_load_is_a_miss_in_bounded_time_and_other_slots_keep_serving(
+    own_cluster: RedisClusterProcesses, namespace: str
+) -> None:
+    """Kill one primary (no replica) under 8 threads: no exception reaches a caller, no call
+    takes 1 s, and the keys of the surviving slots are still read from L2."""
+    keys = [f"k{i}" for i in range(200)]
+    with (
+        TierCache.from_url(own_cluster.url, namespace=namespace) as writer,
+        TierCache.from_url(own_cluster.url, namespace=namespace, l1_maxsize=1) as reader,
+    ):
+        subscribed(writer)
+        subscribed(reader)
+        writer.set_many({key: key for key in keys})
+        # Not the node of the namespace version, which every read checks (see the next test).
+        version_node = own_cluster.node_for_key(version_key(namespace, ""))
+        victim = next(n for n in own_cluster.nodes if n is not version_node)
+        survivors = [k for k in keys if own_cluster.node_for_key(f"{namespace}:{k}") is not victim]
+        errors: list[BaseException] = []
+        durations: list[float] = []
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def load(offset: int) -> None:
+            i = offset
+            while not stop.is_set():
+                key = keys[i % len(keys)]
+                i += 8
+                started = time.monotonic()
+                try:
+                    if i % 3 == 0:
+                        reader.get_many(keys[i % 150 : i % 150 + 50])
+                    elif i % 3 == 1:
+                        reader.get_or_set(key, lambda k=key: k)
+                    else:
+                        writer.set(key, key)
+                except BaseException as exc:
+                    with lock:
+                        errors.append(exc)
+                with lock:
+                    durations.append(time.monotonic() - started)
+
+        threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        try:
+            assert wait_until(lambda: len(durations) > 200)
+            victim.kill()
+            killed_at = len(durations)
+            assert wait_until(lambda: len(durations) > killed_at + 2000, timeout=WAIT)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(WAIT)
+        assert errors == []
+        assert max(durations) < 1.0, f"slowest call {max(durations):.3f} s"
+        before = reader.stats()["l2_hits"]
+        assert wait_until(lambda: reader.get_many(survivors[:20]) == {k: k for k in survivors[:20]})
+        assert reader.stats()["l2_hits"] > before
+
+
+@pytest.mark.slow
+def test_bus_moves_to_a_live_primary_and_flushes_l1_when_its_node_dies(
+    own_cluster: RedisClusterProcesses,
+) -> None:
+    """The subscriber's node dies: the listener flushes L1, resubscribes through another
+    primary, and invalidations reach it again."""
+    probe = client_from_url(own_cluster.url)
+    bus_port = probe.get_primaries()[0].port  # where every instance's bus starts
+    probe.close()
+    # A namespace whose version key survives: reads and writes check it (a namespace whose
+    # version lives on a dead primary has no L2 until that slot is served again).
+    namespace = next(
+        ns
+        for ns in (unique_namespace() for _ in range(100))
+        if own_cluster.node_for_key(version_key(ns, "")).port != bus_port
+    )
+    with (
+        TierCache.from_url(own_cluster.url, namespace=namespace, l1_ttl=60) as writer,
+        TierCache.from_url(own_cluster.url, namespace=namespace, l1_ttl=60) as reader,
+    ):
+        before = subscribed(reader)
+        subscribed(writer)
+        reader_l2 = reader._l2
+        assert reader_l2 is not None
+        assert reader_l2._pubsub_node().port == bus_port
+        key = next(
+            f"k{i}"
+            for i in range(100)
+            if own_cluster.node_for_key(f"{namespace}:k{i}").port != bus_port
+        )
+        next(n for n in own_cluster.nodes if n.port == bus_port).kill()
+
+        def resubscribed() -> bool:
+            stats = reader.stats()
+            return (
+                stats["bus_subscribed"] == 1
+                and stats["bus_subscriptions"] > before["bus_subscriptions"]
+            )
+
+        assert wait_until(resubscribed, timeout=WAIT)
+        after = reader.stats()
+        assert after["bus_losses"] > before["bus_losses"]
+        assert after["l1_flushes"] > before["l1_flushes"]
+        assert reader_l2._pubsub_node().port != bus_port
+        writer.set(key, "old")
+        assert reader.get(key) == "old"
+
+        def delivered() -> bool:
+            writer.set(key, "new")
+            return reader.get(key) == "new"
+
+        assert wait_until(delivered, timeout=WAIT)
