@@ -168,6 +168,28 @@ def redis_client(request: pytest.FixtureRequest) -> redis.Redis:
     return client
 
 
+@pytest.fixture(
+    scope="module",
+    params=["standalone", pytest.param("cluster", marks=pytest.mark.cluster)],
+)
+def topology_url(request: pytest.FixtureRequest) -> str:
+    """The URL of the session's standalone server, then of its cluster: cross-process tests
+    run on both (``from_url`` takes either)."""
+    if request.param == "cluster":
+        cluster: RedisClusterProcesses = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+@pytest.fixture
+def topology_redis(topology_url: str, request: pytest.FixtureRequest) -> redis.Redis:
+    """A flushed client to the server or cluster behind ``topology_url``."""
+    name = "cluster_redis" if topology_url.startswith("redis+cluster") else "real_redis"
+    client: redis.Redis = request.getfixturevalue(name)
+    return client
+
+
 @pytest.fixture
 def namespace() -> str:
     """A namespace of this test's own, so that no test reads another's keys or hears its bus."""
