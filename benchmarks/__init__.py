@@ -12,6 +12,7 @@ BENCHMARKS = (
     "invalidation",
     "telemetry",
     "refresh",
+    "cluster",
     "soak",
     "peers",
 )
