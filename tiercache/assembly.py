@@ -85,7 +85,7 @@ def assemble(client: Any, settings: Settings, label: str) -> Parts:
         # Without a breaker (breaker=None), an unreachable Redis costs every call a timeout.
         limits = settings.breaker or Breaker(failures=2**31, reset_after=1.0)
         breaker = CircuitBreaker(limits.failures, limits.reset_after, clock)
-        l2 = RedisTier(client, breaker, telemetry)
+        l2 = RedisTier(client, breaker, telemetry, sharded=settings.pubsub == "sharded")
         coherence = Coherence(l1, l2, settings.namespace, settings.l1_ttl, counters, clock)
     pending = PendingWrites()
     background = Background(settings.background_workers, "tiercache-load")

@@ -11,7 +11,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from . import forking
 from .assembly import assemble
@@ -84,6 +84,7 @@ class TierCache:
         lease_ttl: Duration = DEFAULTS["lease_ttl"],
         lease_wait: Duration = DEFAULTS["lease_wait"],
         breaker: Breaker | None = DEFAULTS["breaker"],
+        pubsub: Literal["classic", "sharded"] = DEFAULTS["pubsub"],
         stale_ttl: Duration = DEFAULTS["stale_ttl"],
         fail_safe_throttle: Duration = DEFAULTS["fail_safe_throttle"],
         soft_timeout: Duration | None = DEFAULTS["soft_timeout"],

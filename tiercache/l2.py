@@ -52,6 +52,7 @@ from redis.retry import Retry
 
 from .errors import CircuitOpenError, ConfigurationError, L2Error
 from .resilience import CLOSED, CircuitBreaker
+from .shards import ShardedSubscriber, shard_channels
 from .telemetry import Telemetry
 
 __all__ = [
@@ -252,13 +253,15 @@ class RedisTier:
     Since: 0.1.0
     """
 
-    __slots__ = ("_bus_node", "breaker", "client", "cluster", "telemetry")
+    __slots__ = ("_bus_node", "breaker", "client", "cluster", "sharded", "telemetry")
 
     def __init__(
         self,
         client: Any,
         breaker: CircuitBreaker | None = None,
         telemetry: Telemetry | None = None,
+        *,
+        sharded: bool = False,
     ) -> None:
         if isinstance(client, type) or not (
             hasattr(client, "execute_command") and hasattr(client, "pipeline")
@@ -281,6 +284,13 @@ class RedisTier:
         # On a cluster: which primary carries our classic PUBLISH and SUBSCRIBE (an index
         # into the primaries; see `_pubsub_node`).
         self._bus_node = 0
+        if sharded and not self.cluster:
+            raise ValueError(
+                'pubsub="sharded" needs a Redis Cluster client (redis.cluster.RedisCluster): '
+                'on one server there is nothing to shard; use the default, "classic"'
+            )
+        #: Whether the bus uses sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``, see ``shards.py``).
+        self.sharded = sharded
 
     def server(self) -> tuple[str, int] | None:
         """``(host, port)`` of a standalone client, for telemetry; None if unknown."""
@@ -393,6 +403,8 @@ class RedisTier:
 
     def publish(self, channel: str, message: bytes) -> int:
         """``PUBLISH``; the number of subscribers that received it."""
+        if self.sharded:
+            return int(self._call("SPUBLISH", self.client.spublish, channel, message))
         if self.cluster:
             return int(self._call("PUBLISH", self._publish_on_node, channel, message))
         return int(self._call("PUBLISH", self.client.publish, channel, message))
@@ -428,6 +440,8 @@ class RedisTier:
 
         Since: 0.2.0
         """
+        if self.sharded:
+            return Subscriber(self._subscribe_sharded(channel), self.db())
         if self.cluster:
             pubsub = self.client.pubsub(node=self._pubsub_node(), ignore_subscribe_messages=False)
         else:
@@ -447,6 +461,42 @@ class RedisTier:
                 raise _misconfigured_or(exc, self.db()) from None
             raise
         return Subscriber(pubsub, self.db())
+
+    def _subscribe_sharded(self, channel: str) -> ShardedSubscriber:
+        """``SSUBSCRIBE`` to every sharded channel of ``channel``, one connection per node
+        that owns some, each with redis-py's retries off."""
+        channels = shard_channels(channel)
+        by_node: dict[str, tuple[Any, list[str]]] = {}
+        for name in channels:
+            node = self.client.get_node_from_key(name)
+            by_node.setdefault(node.name, (node, []))[1].append(name)
+        pubsubs: list[Any] = []
+        try:
+            for node, names in by_node.values():
+                pubsub = self.client.get_redis_connection(node).pubsub(
+                    ignore_subscribe_messages=False
+                )
+                pubsubs.append(pubsub)
+                for name in names:  # one SSUBSCRIBE per channel: each has its own slot
+                    pubsub.ssubscribe(name)
+                connection = getattr(pubsub, "connection", None)
+                if connection is not None and hasattr(connection, "retry"):
+                    connection.retry = Retry(NoBackoff(), 0)
+        except BaseException as exc:
+            for pubsub in pubsubs:
+                with suppress(Exception):
+                    pubsub.close()
+            self._refresh_topology()
+            if isinstance(exc, Exception):
+                raise _misconfigured_or(exc, self.db()) from None
+            raise
+        return ShardedSubscriber(pubsubs, len(channels), self._refresh_topology)
+
+    def _refresh_topology(self) -> None:
+        """Ask the cluster again which node serves which slot (the listener thread calls it
+        after losing a sharded subscription; a failure is left to the next attempt)."""
+        with suppress(Exception):
+            self.client.nodes_manager.initialize()
 
     def mark_answered(self) -> None:
         """Tell the breaker Redis answered outside a command of ours (e.g. it confirmed a

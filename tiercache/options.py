@@ -203,6 +203,12 @@ def _record_keys(value: Any) -> str | None:
     return value  # type: ignore[no-any-return]
 
 
+def _pubsub(value: Any) -> str:
+    if value not in ("classic", "sharded"):
+        raise ValueError(f"pubsub must be 'classic' or 'sharded', not {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
 def _breaker(value: Any) -> Breaker | None:
     if value is not None and not isinstance(value, Breaker):
         raise TypeError(f"breaker must be a tiercache.Breaker or None, not {value!r}")
@@ -321,6 +327,15 @@ OPTIONS: tuple[Option, ...] = (
         _breaker,
         "the [circuit breaker](failure-modes.md#redis-down-refused-connections-killed-"
         "restarting); `None`: never skip Redis",
+    ),
+    Option(
+        "pubsub",
+        "classic",
+        '`"classic"`',
+        _pubsub,
+        'the invalidation bus on Redis Cluster: `"classic"` (one channel, `PUBLISH`, '
+        'broadcast to every node) or `"sharded"` (a channel per slot group, `SPUBLISH`, '
+        "Redis 7; a cluster client only); see [Scaling](scaling.md#pubsub-classic-or-sharded)",
     ),
     Option(
         "stale_ttl",
@@ -452,6 +467,7 @@ class Settings:
     lease_ttl: float
     lease_wait: float
     breaker: Breaker | None
+    pubsub: str
     stale_ttl: float
     fail_safe_throttle: float
     soft_timeout: float | None

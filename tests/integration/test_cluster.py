@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.crc import key_slot
 from redis.exceptions import RedisClusterUnreachableError, SlotNotCoveredError
 
 from tests.conftest import require_cluster_tools
@@ -21,7 +22,8 @@ from tests.redis_cluster import RedisClusterProcesses
 from tests.support import WAIT, subscribed, unique_namespace, wait_until
 from tiercache import TierCache
 from tiercache.connect import client_from_url
-from tiercache.layout import version_key
+from tiercache.layout import channel_name, version_key
+from tiercache.shards import group_of, shard_channels
 
 pytestmark = [pytest.mark.redis, pytest.mark.cluster]
 
@@ -203,6 +205,98 @@ def test_bus_moves_to_a_live_primary_and_flushes_l1_when_its_node_dies(
         assert after["bus_losses"] > before["bus_losses"]
         assert after["l1_flushes"] > before["l1_flushes"]
         assert reader_l2._pubsub_node().port != bus_port
+        writer.set(key, "old")
+        assert reader.get(key) == "old"
+
+        def delivered() -> bool:
+            writer.set(key, "new")
+            return reader.get(key) == "new"
+
+        assert wait_until(delivered, timeout=WAIT)
+
+
+# -- sharded pub/sub -----------------------------------------------------------------------
+
+
+def test_sharded_pubsub_needs_a_cluster_client(fake_redis: redis.Redis) -> None:
+    """pubsub="sharded" on a single-server client is a ValueError naming the option."""
+    with pytest.raises(ValueError, match='pubsub="sharded"'):
+        TierCache(fake_redis, pubsub="sharded")
+
+
+def test_sharded_bus_carries_keys_clear_and_tags_between_instances(
+    redis_cluster: RedisClusterProcesses, namespace: str
+) -> None:
+    """With pubsub="sharded", sets, deletes, clear and invalidate_tags reach the other
+    instance's L1, key by key (no flush), over SPUBLISH on the keys' own shards."""
+    options = {"namespace": namespace, "l1_ttl": 60, "pubsub": "sharded"}
+    with (
+        TierCache.from_url(redis_cluster.url, **options) as writer,
+        TierCache.from_url(redis_cluster.url, **options) as reader,
+    ):
+        subscribed(writer, probe=True)
+        before = subscribed(reader, probe=True)
+        keys = [f"k{i}" for i in range(30)]
+        writer.set_many(dict.fromkeys(keys, "old"))
+        writer.set("tagged", "old", tags=("t",))
+        assert reader.get_many([*keys, "tagged"]) == dict.fromkeys([*keys, "tagged"], "old")
+
+        writer.set_many(dict.fromkeys(keys, "new"))
+        writer.delete("k0")
+        assert wait_until(lambda: reader.get_many(keys) == dict.fromkeys(keys[1:], "new"))
+        after = reader.stats()
+        assert after["l1_flushes"] == before["l1_flushes"]
+        assert after["bus_gaps"] == 0
+
+        writer.invalidate_tags("t")
+        assert wait_until(lambda: reader.get("tagged", MISSING) is MISSING)
+        writer.set("k1", "cleared?")
+        reader.get("k1")
+        writer.clear()
+        assert wait_until(lambda: reader.get("k1", MISSING) is MISSING)
+
+
+@pytest.mark.slow
+def test_sharded_bus_resubscribes_and_flushes_when_a_channel_slot_moves(
+    own_cluster: RedisClusterProcesses, namespace: str
+) -> None:
+    """Resharding: the slot of a sharded channel moves to another primary. Redis unsubscribes
+    the channel; the listener flushes L1, subscribes on the new owner and hears it again."""
+    options = {"namespace": namespace, "l1_ttl": 60, "pubsub": "sharded"}
+    with (
+        TierCache.from_url(own_cluster.url, **options) as writer,
+        TierCache.from_url(own_cluster.url, **options) as reader,
+    ):
+        subscribed(writer, probe=True)
+        before = subscribed(reader, probe=True)
+        key = "moving"
+        group = group_of(f"{namespace}:{key}")
+        channel = shard_channels(channel_name(namespace))[group]
+        slot = key_slot(channel.encode())
+        source = own_cluster.node_for_key(channel)
+        target = next(n for n in own_cluster.nodes if n is not source)
+        ids = {
+            n.port: n.client().execute_command("CLUSTER", "MYID").decode() for n in (source, target)
+        }
+        moved = False
+        for node in (target, source):  # an empty slot: no keys to migrate
+            client = node.client()
+            try:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target.port])
+                moved = True
+            finally:
+                client.close()
+        assert moved
+
+        def resubscribed() -> bool:
+            stats = reader.stats()
+            return (
+                stats["bus_subscribed"] == 1
+                and stats["bus_subscriptions"] > before["bus_subscriptions"]
+            )
+
+        assert wait_until(resubscribed, timeout=WAIT)
+        assert reader.stats()["l1_flushes"] > before["l1_flushes"]
         writer.set(key, "old")
         assert reader.get(key) == "old"
 
