@@ -139,6 +139,7 @@ class ShardedSubscriber:
         # Called before raising a loss: the channels may have new owners (resharding,
         # failover), which the client must learn before the listener subscribes again.
         self._on_lost = on_lost
+        self._poller: Any = None
         self._confirmed = 0
         self._pongs = 0
 
@@ -167,18 +168,23 @@ class ShardedSubscriber:
                 return None
 
     def _wait(self, timeout: float) -> bool:
-        poller = select.poll()
-        registered = False
-        for pubsub in self._pubsubs:
-            sock = getattr(getattr(pubsub, "connection", None), "_sock", None)
-            if sock is not None:
-                with suppress(OSError, ValueError):
-                    poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
-                    registered = True
-        if not registered:
-            time.sleep(min(timeout, 0.005))  # no socket to wait on: poll at a short interval
-            return True
+        poller = self._poller
+        if poller is None:
+            # Registered once: the connections are fixed for this subscriber's life (retries
+            # are off, so a lost connection ends the subscriber instead of reconnecting).
+            poller = select.poll()
+            for pubsub in self._pubsubs:
+                sock = getattr(getattr(pubsub, "connection", None), "_sock", None)
+                if sock is None:
+                    return self._nap(timeout)
+                poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+            self._poller = poller
         return bool(poller.poll(max(1, int(timeout * 1000))))
+
+    @staticmethod
+    def _nap(timeout: float) -> bool:
+        time.sleep(min(timeout, 0.005))  # no socket to wait on: poll at a short interval
+        return True
 
     def _translate(self, raw: dict[str, Any]) -> dict[str, Any] | None:
         kind = raw.get("type")
