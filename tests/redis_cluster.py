@@ -183,6 +183,46 @@ class RedisClusterProcesses:
         finally:
             probe.close()
 
+    def move_slot(self, slot: int, target: RedisServer) -> int:
+        """Move ``slot`` and its keys to ``target`` as resharding does (IMPORTING/MIGRATING,
+        MIGRATE in batches, SETSLOT NODE on both); return how many keys moved."""
+        owner = self.node_for_slot(slot)
+        if owner is target:
+            return 0
+        source, dest = owner.client(), target.client()
+        try:
+            source_id = source.execute_command("CLUSTER", "MYID").decode()
+            target_id = dest.execute_command("CLUSTER", "MYID").decode()
+            dest.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            moved = 0
+            while True:
+                keys = source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+                if not keys:
+                    break
+                source.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
+                )
+                moved += len(keys)
+            for client in (dest, source):
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            return moved
+        finally:
+            source.close()
+            dest.close()
+
+    def node_for_slot(self, slot: int) -> RedisServer:
+        """The node that serves ``slot`` now, by CLUSTER SLOTS of a running node."""
+        node = next(n for n in self.nodes if n.running)
+        client = node.client()
+        try:
+            for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == int(primary[1]))
+        finally:
+            client.close()
+        raise RedisServerError(f"no node serves slot {slot}")
+
     def flushall(self) -> None:
         """FLUSHALL on every running node."""
         for node in self.nodes:
