@@ -88,10 +88,14 @@ def _free_cluster_port(taken: set[int]) -> int:
 
 
 class RedisClusterProcesses:
-    """Three primaries, no replicas, slots split evenly by ``redis-cli --cluster create``."""
+    """Three primaries (and ``replicas`` replicas each, none by default), slots split evenly
+    by ``redis-cli --cluster create``."""
 
-    def __init__(self, primaries: int = 3, *, node_timeout_ms: int = 1000) -> None:
-        self._count = primaries
+    def __init__(
+        self, primaries: int = 3, *, replicas: int = 0, node_timeout_ms: int = 1000
+    ) -> None:
+        self._count = primaries * (1 + replicas)
+        self._replicas = replicas
         self._node_timeout_ms = node_timeout_ms
         self.nodes: list[RedisServer] = []
 
@@ -99,6 +103,22 @@ class RedisClusterProcesses:
     def ports(self) -> list[int]:
         """The nodes' ports, in start order."""
         return [node.port for node in self.nodes]
+
+    def primaries(self) -> list[RedisServer]:
+        """The running nodes that are primaries now."""
+        found = []
+        for node in self.nodes:
+            if not node.running:
+                continue
+            client = node.client(socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
+            try:
+                if client.info("replication").get("role") == "master":
+                    found.append(node)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        return found
 
     @property
     def url(self) -> str:
@@ -122,6 +142,9 @@ class RedisClusterProcesses:
                         str(self._node_timeout_ms),
                         "--cluster-require-full-coverage",
                         "no",
+                        # A replica's first sync starts at once, not after the 5 s default.
+                        "--repl-diskless-sync-delay",
+                        "0",
                     ],
                     port=port,
                 )
@@ -129,7 +152,15 @@ class RedisClusterProcesses:
                 node.start()
             addresses = [f"127.0.0.1:{p}" for p in self.ports]
             created = subprocess.run(
-                ["redis-cli", "--cluster", "create", *addresses, "--cluster-yes"],
+                [
+                    "redis-cli",
+                    "--cluster",
+                    "create",
+                    *addresses,
+                    "--cluster-replicas",
+                    str(self._replicas),
+                    "--cluster-yes",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=READY_TIMEOUT,
@@ -153,13 +184,19 @@ class RedisClusterProcesses:
                 raise RedisServerError(f"cluster not ok within {timeout:g} s")
             time.sleep(0.05)  # poll interval of a bounded loop
 
-    @staticmethod
-    def _node_ok(node: RedisServer) -> bool:
+    def _node_ok(self, node: RedisServer) -> bool:
         client = node.client(socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
         try:
             info = client.execute_command("CLUSTER", "INFO")
             text = info.decode() if isinstance(info, bytes) else str(info)
-            return "cluster_state:ok" in text and "cluster_slots_assigned:16384" in text
+            if "cluster_state:ok" not in text or "cluster_slots_assigned:16384" not in text:
+                return False
+            if not self._replicas:
+                return True
+            replication = client.info("replication")
+            if replication.get("role") == "slave":
+                return bool(replication.get("master_link_status") == "up")
+            return int(replication.get("connected_slaves", 0)) >= self._replicas
         except redis.RedisError:
             return False
         finally:

@@ -15,8 +15,9 @@ not have, a TLS handshake that fails on a certificate or protocol mismatch.
 On a cluster, redis-py's own errors (``SlotNotCoveredError``,
 ``RedisClusterUnreachableError``, the rest of the ``RedisClusterException`` family) do not
 derive from ``RedisError``; they are trouble all the same: `L2Error`, a miss. An unreachable
-cluster counts against the breaker; a slot that no node serves is answered at once and does
-not. The breaker is one per cluster (the Scaling page of the docs says why).
+cluster and timeouts count against the breaker; a slot that no node serves, and a node that
+refuses or drops the connection, cost no wait and do not. The breaker is one per cluster
+(the Scaling page of the docs says why).
 
 Client-side errors (a value redis-py cannot encode) are the caller's, not Redis trouble:
 they propagate unchanged and never count against the breaker.
@@ -149,6 +150,19 @@ def db_of(client: Any) -> int:
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
     db = kwargs.get("db", 0)
     return db if isinstance(db, int) else 0
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is (caused by) a refused or reset connection: an answer in no time,
+    unlike a timeout."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError | ConnectionResetError):
+            return True
+        if isinstance(cause, RedisTimeoutError | TimeoutError):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _describe(operation: str, exc: BaseException) -> str:
@@ -330,7 +344,13 @@ class RedisTier:
             if wrong is not None:
                 breaker.success()  # Redis (or the TLS layer) answered: it is not down
                 raise wrong from None
-            if isinstance(exc, _UNREACHABLE):
+            if self.cluster and _refused(exc):
+                # One node refused or dropped the connection: that cost no wait, and the
+                # other nodes may well answer. Counted, such failures would open the breaker
+                # for the whole cluster (1 call in 3 failing opens it within a second under
+                # load); the breaker is for waits. A half-open probe reports nothing here.
+                breaker.cancel_probe()
+            elif isinstance(exc, _UNREACHABLE):
                 breaker.failure()
             else:
                 breaker.success()

@@ -365,3 +365,108 @@ def test_resharding_under_load_moves_keys_without_an_exception_or_a_stall(
         assert errors == []
         assert max(durations) < 1.0, f"slowest call {max(durations):.3f} s"
         assert wait_until(lambda: reader.get_many(keys) == {k: k for k in keys})
+
+
+@pytest.fixture
+def replicated_cluster() -> Iterator[RedisClusterProcesses]:
+    """3 primaries with a replica each, of this test's own."""
+    require_cluster_tools()
+    with RedisClusterProcesses(replicas=1) as cluster:
+        yield cluster
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pubsub", ["classic", "sharded"])
+def test_failover_inside_the_cluster_under_load_resumes_l2_and_the_bus(
+    replicated_cluster: RedisClusterProcesses, pubsub: str
+) -> None:
+    """A primary with a replica dies under 8 threads: no exception reaches a caller; once the
+    replica is promoted, its slots serve from L2 again and the bus (classic or sharded)
+    delivers again, without a restart."""
+    cluster = replicated_cluster
+    probe = client_from_url(cluster.url)
+    bus_port = probe.get_primaries()[0].port
+    probe.close()
+    victim = next(n for n in cluster.primaries() if n.port != bus_port)
+    # A namespace whose version lives elsewhere, and keys on the victim's slots.
+    namespace = next(
+        ns
+        for ns in (unique_namespace() for _ in range(100))
+        if cluster.node_for_key(version_key(ns, "")) is not victim
+    )
+    keys = [f"k{i}" for i in range(200)]
+    lost = [k for k in keys if cluster.node_for_key(f"{namespace}:{k}") is victim]
+    options = {"namespace": namespace, "l1_ttl": 60, "pubsub": pubsub}
+    with (
+        TierCache.from_url(cluster.url, **options) as writer,
+        TierCache.from_url(cluster.url, **options) as reader,
+    ):
+        subscribed(writer)
+        subscribed(reader)
+        writer.set_many({key: key for key in keys})
+        errors: list[BaseException] = []
+        durations: list[float] = []
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def load(offset: int) -> None:
+            i = offset
+            while not stop.is_set():
+                key = keys[i % len(keys)]
+                i += 8
+                started = time.monotonic()
+                try:
+                    if i % 2:
+                        reader.get_or_set(key, lambda k=key: k)
+                    else:
+                        writer.set(key, key)
+                except BaseException as exc:
+                    with lock:
+                        errors.append(exc)
+                with lock:
+                    durations.append(time.monotonic() - started)
+
+        threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        try:
+            assert wait_until(lambda: len(durations) > 100)
+            victim.kill()
+            killed_at = time.monotonic()
+            assert wait_until(lambda: len(cluster.primaries()) == 3, timeout=WAIT)
+            promoted_at = time.monotonic()
+
+            def l2_again() -> bool:
+                # A new instance has an empty L1: its value can only come from L2.
+                fresh = TierCache.from_url(cluster.url, **options)
+                try:
+                    return bool(fresh.get(lost[0]) == lost[0])
+                finally:
+                    fresh.close()
+
+            assert wait_until(l2_again, timeout=WAIT)
+            l2_at = time.monotonic()
+
+            def delivered() -> bool:
+                writer.set(lost[1], "new")
+                return reader.get(lost[1]) == "new"
+
+            reader.get(lost[1])
+            assert wait_until(delivered, timeout=WAIT)
+            print(
+                f"promoted {promoted_at - killed_at:.2f} s after the kill; L2 again "
+                f"{l2_at - promoted_at:.2f} s and the bus {time.monotonic() - promoted_at:.2f} s "
+                "after the promotion"
+            )
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(WAIT)
+        assert errors == []
+        # A get_or_set may wait for a lease taken just before the kill: its placeholder was
+        # replicated, its holder's write was lost with the primary, so waiters wait out
+        # lease_wait (5 s), as for any lease whose holder is gone. Nothing else may stall.
+        assert max(durations) < 5.0 + 1.0, f"slowest call {max(durations):.3f} s"
+        slow = [d for d in durations if d >= 1.0]
+        assert len(slow) <= 8, f"{len(slow)} calls of 1 s or more"
+        assert wait_until(lambda: reader.stats()["bus_subscribed"] == 1)
