@@ -16,7 +16,7 @@ On a cluster, redis-py's own errors (``SlotNotCoveredError``,
 ``RedisClusterUnreachableError``, the rest of the ``RedisClusterException`` family) do not
 derive from ``RedisError``; they are trouble all the same: `L2Error`, a miss. An unreachable
 cluster and timeouts count against the breaker; a slot that no node serves, and a node that
-refuses or drops the connection, cost no wait and do not. The breaker is one per cluster
+refuses, resets or closes the connection, cost no wait and do not. The breaker is one per cluster
 (the Scaling page of the docs says why).
 
 Client-side errors (a value redis-py cannot encode) are the caller's, not Redis trouble:
@@ -153,16 +153,18 @@ def db_of(client: Any) -> int:
 
 
 def _refused(exc: BaseException) -> bool:
-    """Whether ``exc`` is (caused by) a refused or reset connection: an answer in no time,
-    unlike a timeout."""
+    """Whether ``exc`` is a connection that failed at once (refused, reset, closed by the
+    server) rather than one that timed out."""
+    if isinstance(exc, RedisClusterUnreachableError) or not isinstance(
+        exc, RedisConnectionError | OSError
+    ):
+        return False
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, ConnectionRefusedError | ConnectionResetError):
-            return True
         if isinstance(cause, RedisTimeoutError | TimeoutError):
             return False
         cause = cause.__cause__ or cause.__context__
-    return False
+    return True
 
 
 def _describe(operation: str, exc: BaseException) -> str:
@@ -345,8 +347,8 @@ class RedisTier:
                 breaker.success()  # Redis (or the TLS layer) answered: it is not down
                 raise wrong from None
             if self.cluster and _refused(exc):
-                # One node refused or dropped the connection: that cost no wait, and the
-                # other nodes may well answer. Counted, such failures would open the breaker
+                # One node refused, reset or closed the connection: that cost no wait, and
+                # the other nodes may well answer. Counted, such failures would open the breaker
                 # for the whole cluster (1 call in 3 failing opens it within a second under
                 # load); the breaker is for waits. A half-open probe reports nothing here.
                 breaker.cancel_probe()

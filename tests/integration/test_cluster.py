@@ -22,7 +22,10 @@ from tests.redis_cluster import RedisClusterProcesses
 from tests.support import WAIT, subscribed, unique_namespace, wait_until
 from tiercache import TierCache
 from tiercache.connect import client_from_url
+from tiercache.errors import L2Error
+from tiercache.l2 import RedisTier
 from tiercache.layout import channel_name, version_key
+from tiercache.resilience import OPEN, CircuitBreaker
 from tiercache.shards import group_of, shard_channels
 
 pytestmark = [pytest.mark.redis, pytest.mark.cluster]
@@ -470,3 +473,43 @@ def test_failover_inside_the_cluster_under_load_resumes_l2_and_the_bus(
         slow = [d for d in durations if d >= 1.0]
         assert len(slow) <= 8, f"{len(slow)} calls of 1 s or more"
         assert wait_until(lambda: reader.stats()["bus_subscribed"] == 1)
+
+
+def _raising(exc: BaseException) -> Any:
+    def fail(*_args: Any, **_kwargs: Any) -> Any:
+        raise exc
+
+    return fail
+
+
+def _caused(exc: BaseException, cause: BaseException) -> BaseException:
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("error", "counted"),
+    [
+        pytest.param(
+            _caused(redis.ConnectionError("Error 111"), ConnectionRefusedError()),
+            False,
+            id="refused",
+        ),
+        pytest.param(
+            _caused(redis.ConnectionError("reading"), ConnectionResetError()), False, id="reset"
+        ),
+        pytest.param(redis.ConnectionError("Connection closed by server"), False, id="closed"),
+        pytest.param(redis.TimeoutError("Timeout reading"), True, id="timeout"),
+        pytest.param(RedisClusterUnreachableError("no node"), True, id="unreachable"),
+    ],
+)
+def test_on_a_cluster_only_waits_count_against_the_breaker(
+    cluster_redis: redis.RedisCluster, monkeypatch: Any, error: BaseException, counted: bool
+) -> None:
+    """One node refusing, resetting or closing costs no wait and does not open the breaker
+    for the whole cluster; a timeout or an unreachable cluster counts."""
+    tier = RedisTier(cluster_redis, CircuitBreaker(failures=1))
+    monkeypatch.setattr(cluster_redis, "get", _raising(error))
+    with pytest.raises(L2Error):
+        tier.get("k")
+    assert (tier.breaker.state == OPEN) is counted
