@@ -38,6 +38,7 @@ from redis.exceptions import (
     AuthenticationError,
     DataError,
     NoPermissionError,
+    NoScriptError,
     RedisClusterException,
     RedisClusterUnreachableError,
     RedisError,
@@ -535,7 +536,20 @@ class RedisTier:
 
     def run(self, script: Any, operation: str, key: str, *args: bytes | str | int) -> Any:
         """Run a one-key script from `script`."""
+        if self.cluster:
+            return self._call(f"EVALSHA {operation}", self._run_on_key_node, script, key, args)
         return self._call(f"EVALSHA {operation}", script, keys=[key], args=list(args))
+
+    def _run_on_key_node(self, script: Any, key: str, args: tuple[Any, ...]) -> Any:
+        # redis-py loads a script the server does not have yet with SCRIPT LOAD, which a
+        # cluster client sends to every primary: with one of them dead, every script that
+        # had not run on its key's node before the loss failed (a lease write, say, leaving
+        # its placeholder behind for lease_ttl). EVAL only goes to the key's node, and
+        # caches the script there for the next EVALSHA.
+        try:
+            return self.client.evalsha(script.sha, 1, key, *args)
+        except NoScriptError:
+            return self.client.eval(script.script, 1, key, *args)
 
     def close(self) -> None:
         """Close the client's connections."""

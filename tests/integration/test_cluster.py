@@ -513,3 +513,30 @@ def test_on_a_cluster_only_waits_count_against_the_breaker(
     with pytest.raises(L2Error):
         tier.get("k")
     assert (tier.breaker.state == OPEN) is counted
+
+
+def test_scripts_load_on_their_key_node_only(
+    redis_cluster: RedisClusterProcesses,
+    cluster_redis: redis.RedisCluster,
+    namespace: str,
+    monkeypatch: Any,
+) -> None:
+    """A script the key's node does not have yet is sent there with EVAL, not loaded with
+    SCRIPT LOAD, which a cluster client sends to every primary (one dead primary would make
+    every new script fail, e.g. a lease write, leaving its placeholder behind)."""
+    for node in redis_cluster.nodes:
+        client = node.client()
+        try:
+            client.script_flush()
+        finally:
+            client.close()
+    monkeypatch.setattr(
+        cluster_redis, "script_load", _raising(redis.ConnectionError("a primary is down"))
+    )
+    with TierCache(cluster_redis, namespace=namespace) as cache:
+        assert cache.get_or_set("k", lambda: "loaded") == "loaded"
+        stats = cache.stats()
+        assert stats["l2_errors"] == 0
+        assert stats["l2_write_errors"] == 0
+    with TierCache(cluster_redis, namespace=namespace) as other:
+        assert other.get("k") == "loaded"  # from L2: the lease write went through
