@@ -14,6 +14,7 @@ BENCHMARKS = (
     "telemetry",
     "refresh",
     "writers",
+    "cluster",
     "soak",
     "peers",
     "frameworks",

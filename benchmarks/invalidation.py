@@ -78,12 +78,13 @@ def _receiver(
     stop: Any,
     seen: Any,
     results: Any,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Receive ``n`` messages (or until ``stop``) and send back ``{i: end time in ns}``."""
     if system == "raw":
         times = _receive_raw(url, mode, n, ready, stop, seen)
     else:
-        times = _receive_tiercache(url, mode, n, ready, stop, seen)
+        times = _receive_tiercache(url, mode, n, ready, stop, seen, options or {})
     results.send(times)
     results.close()
 
@@ -131,9 +132,9 @@ def _receive_raw(url: str, mode: str, n: int, ready: Any, stop: Any, seen: Any) 
 
 
 def _receive_tiercache(
-    url: str, mode: str, n: int, ready: Any, stop: Any, seen: Any
+    url: str, mode: str, n: int, ready: Any, stop: Any, seen: Any, options: dict[str, Any]
 ) -> dict[int, int]:
-    cache = TierCache.from_url(url, namespace=NAMESPACE, ttl=3600, l1_ttl=3600)
+    cache = TierCache.from_url(url, namespace=NAMESPACE, ttl=3600, l1_ttl=3600, **options)
     try:
         cache.get(KEY)
         deadline = time.monotonic() + READY_WAIT
@@ -201,8 +202,16 @@ def _busy_tiercache(
 # -- the writer (this process) ----------------------------------------------------------
 
 
-def _measure(server: RedisServer, system: str, mode: str, n: int, seed: int) -> dict[str, Any]:
-    """Run one receiver process; return the latencies (ns) and how many were missed."""
+def _measure(
+    server: RedisServer,
+    system: str,
+    mode: str,
+    n: int,
+    seed: int,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run one receiver process; return the latencies (ns) and how many were missed.
+    ``options``: more TierCache options for both sides (e.g. ``pubsub="sharded"``)."""
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     seen = ctx.Value("q", 0, lock=False)
@@ -216,7 +225,9 @@ def _measure(server: RedisServer, system: str, mode: str, n: int, seed: int) -> 
         def send(i: int) -> None:
             publish(RAW_CHANNEL, str(i))
     else:
-        writer_cache = TierCache.from_url(server.url, namespace=NAMESPACE, ttl=3600)
+        writer_cache = TierCache.from_url(
+            server.url, namespace=NAMESPACE, ttl=3600, **(options or {})
+        )
         writer_cache.set(KEY, 0)
         cache_set = writer_cache.set
 
@@ -225,7 +236,7 @@ def _measure(server: RedisServer, system: str, mode: str, n: int, seed: int) -> 
 
     proc = ctx.Process(
         target=_receiver,
-        args=(server.url, system, mode, n, ready, stop, seen, results_out),
+        args=(server.url, system, mode, n, ready, stop, seen, results_out, options),
         name=f"invbench-{system}-{mode}",
         daemon=True,
     )

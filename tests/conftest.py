@@ -4,8 +4,10 @@ Backends:
 
 - ``fake_redis``: a fresh ``fakeredis.FakeRedis`` on its own ``FakeServer`` per test.
 - ``real_redis``: a client to the session's real ``redis-server``, flushed before the test.
-- ``redis_client``: parametrized over both, so a behaviour suite runs on every backend
-  (``-m "not redis"`` keeps only fakeredis).
+- ``cluster_redis``: a ``RedisCluster`` client to the session's 3-primary cluster, flushed
+  before the test (``redis_cluster``: the :class:`~tests.redis_cluster.RedisClusterProcesses`).
+- ``redis_client``: parametrized over the three, so a behaviour suite runs on every backend
+  (``-m "not redis"`` keeps only fakeredis; ``-m "not cluster"`` skips the cluster).
 - ``redis_server``: the session's :class:`~tests.redis_server.RedisServer`;
   ``fresh_redis_server``: a private one per test, for tests that kill, pause or restart it;
   ``redis_binary``: the binary's path, for tests that build their own ``RedisServer``.
@@ -28,6 +30,7 @@ import fakeredis
 import pytest
 import redis
 
+from tests.redis_cluster import RedisClusterProcesses, cluster_tools_missing
 from tests.redis_server import RedisServer, find_redis_server
 from tests.support import FakeClock, unique_namespace
 
@@ -123,10 +126,67 @@ def fake_redis() -> Iterator[fakeredis.FakeRedis]:
         client.close()
 
 
-@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.redis)])
+def require_cluster_tools() -> None:
+    """Skip (fail on CI) the requesting test when a cluster or Sentinel set cannot start."""
+    reason = cluster_tools_missing()
+    if reason is not None:
+        if _redis_required():
+            pytest.fail(f"{reason}; required because CI=true or TIERCACHE_REQUIRE_REDIS=1")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterProcesses]:
+    """One 3-primary Redis Cluster for the whole session (free ports, temp dirs)."""
+    require_cluster_tools()
+    with RedisClusterProcesses() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_redis(redis_cluster: RedisClusterProcesses) -> Iterator[redis.RedisCluster]:
+    """A bytes-returning ``RedisCluster`` client to the session cluster, after FLUSHALL."""
+    redis_cluster.flushall()
+    client = redis_cluster.client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(
+    params=[
+        "fake",
+        pytest.param("real", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.cluster]),
+    ]
+)
 def redis_client(request: pytest.FixtureRequest) -> redis.Redis:
-    """The same test on fakeredis and on the real server (marked ``redis``)."""
+    """The same test on fakeredis, the real server (marked ``redis``) and the cluster
+    (marked ``redis`` and ``cluster``)."""
     client: redis.Redis = request.getfixturevalue(f"{request.param}_redis")
+    return client
+
+
+@pytest.fixture(
+    scope="module",
+    params=["standalone", pytest.param("cluster", marks=pytest.mark.cluster)],
+)
+def topology_url(request: pytest.FixtureRequest) -> str:
+    """The URL of the session's standalone server, then of its cluster: cross-process tests
+    run on both (``from_url`` takes either)."""
+    if request.param == "cluster":
+        cluster: RedisClusterProcesses = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+@pytest.fixture
+def topology_redis(topology_url: str, request: pytest.FixtureRequest) -> redis.Redis:
+    """A flushed client to the server or cluster behind ``topology_url``."""
+    name = "cluster_redis" if topology_url.startswith("redis+cluster") else "real_redis"
+    client: redis.Redis = request.getfixturevalue(name)
     return client
 
 

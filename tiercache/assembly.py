@@ -100,7 +100,7 @@ def assemble(client: Any, settings: Settings, label: str) -> Parts:
         # Without a breaker (breaker=None), an unreachable Redis costs every call a timeout.
         limits = settings.breaker or Breaker(failures=2**31, reset_after=1.0)
         breaker = CircuitBreaker(limits.failures, limits.reset_after, clock)
-        l2 = RedisTier(client, breaker, telemetry)
+        l2 = RedisTier(client, breaker, telemetry, sharded=settings.pubsub == "sharded")
     lifetimes = Lifetimes(settings, clock, wall, two_tier=l2 is not None)
     if l2 is not None:
         propagation = Propagation(

@@ -22,9 +22,11 @@ from .bus_health import BusHealth
 from .bus_redis import BusRedis
 from .errors import ConfigurationError
 from .inbox import Receiver
+from .layout import entry_key
 from .listener import Listener
 from .messages import OP_CLEAR, OP_KEYS, OP_READY, OP_TAGS, OP_VALUES, channel_name
 from .publisher import Publisher
+from .shards import ShardedPublisher
 from .stats import RateLimitedLog
 
 __all__ = ["FIRST_SUBSCRIBE_WAIT", "Bus", "BusRedis", "InvalidationBus", "Receiver"]
@@ -94,6 +96,7 @@ class Bus:
 
     def __init__(self, redis: BusRedis, namespace: str, receiver: Receiver) -> None:
         self._redis = redis
+        self._namespace = namespace
         self.channel = channel_name(namespace, redis.db())
         self._receiver = receiver
         self._log = RateLimitedLog()
@@ -104,7 +107,12 @@ class Bus:
         # Guards starting the listener thread and the fork check before it.
         self._start_lock = threading.Lock()
         self._health = BusHealth()
-        self.publisher = Publisher(self._redis, self.channel, self._health)
+        self.publisher: Publisher | ShardedPublisher
+        if getattr(self._redis, "sharded", False):  # pubsub="sharded": channels per slot group
+            rkey = entry_key(self._namespace)
+            self.publisher = ShardedPublisher(self._redis, self.channel, self._health, rkey)
+        else:
+            self.publisher = Publisher(self._redis, self.channel, self._health)
         self.listener = Listener(
             self._redis, self.publisher, self._receiver, self._health, log=self._log, stop=stop
         )

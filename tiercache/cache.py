@@ -11,7 +11,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from . import forking
 from .assembly import assemble
@@ -102,6 +102,7 @@ class TierCache:
         lease_ttl: Duration = DEFAULTS["lease_ttl"],
         lease_wait: Duration = DEFAULTS["lease_wait"],
         breaker: Breaker | None = DEFAULTS["breaker"],
+        pubsub: Literal["classic", "sharded"] = DEFAULTS["pubsub"],
         stale_ttl: Duration = DEFAULTS["stale_ttl"],
         fail_safe_throttle: Duration = DEFAULTS["fail_safe_throttle"],
         soft_timeout: Duration | None = DEFAULTS["soft_timeout"],
@@ -158,10 +159,13 @@ class TierCache:
         cls, url: str, *, redis_options: Mapping[str, Any] | None = None, **options: Any
     ) -> TierCache:
         """Build a cache on a new redis-py client for ``url`` (``redis://``, ``rediss://``
-        for TLS, ``unix://``; user, password and database in the URL as redis-py reads them).
+        for TLS, ``unix://``; user, password and database in the URL as redis-py reads them;
+        ``redis+cluster://host:port,host:port/`` for Redis Cluster,
+        ``redis+sentinel://host:port,host:port/service/db`` for a Sentinel-managed primary).
 
-        The client gets short timeouts and no hidden retries (redis-py 8 retries a timed-out
-        command up to 10 times by default, turning a stalled Redis into a stalled request);
+        The client gets short timeouts and no hidden retries, on every topology (redis-py 8
+        retries a timed-out command up to 10 times by default, and ``RedisCluster`` retries
+        on its own too, turning a stalled Redis into a stalled request);
         ``redis_options`` override any client option. The cache closes the client on
         `close`. ``options`` are the constructor's keyword arguments.
 

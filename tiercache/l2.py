@@ -12,6 +12,13 @@ arrives as a plain error reply and is recognised by its text (`misconfiguration`
 refusal inside a Lua script, a server without scripting, a database index the server does
 not have, a TLS handshake that fails on a certificate or protocol mismatch.
 
+On a cluster, redis-py's own errors (``SlotNotCoveredError``,
+``RedisClusterUnreachableError``, the rest of the ``RedisClusterException`` family) do not
+derive from ``RedisError``; they are trouble all the same: `L2Error`, a miss. An unreachable
+cluster and timeouts count against the breaker; a slot that no node serves, and a node that
+refuses, resets or closes the connection, cost no wait and do not. The breaker is one per cluster
+(the Scaling page of the docs says why).
+
 Client-side errors (a value redis-py cannot encode) are the caller's, not Redis trouble:
 they propagate unchanged and never count against the breaker.
 """
@@ -31,6 +38,9 @@ from redis.exceptions import (
     AuthenticationError,
     DataError,
     NoPermissionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisClusterUnreachableError,
     RedisError,
     ResponseError,
 )
@@ -44,6 +54,7 @@ from redis.retry import Retry
 
 from .errors import CircuitOpenError, ConfigurationError, L2Error
 from .resilience import CLOSED, CircuitBreaker
+from .shards import ShardedSubscriber, shard_channels
 from .telemetry import Telemetry
 
 __all__ = [
@@ -62,7 +73,10 @@ R = TypeVar("R")
 #: password, a missing ACL permission, and what `misconfiguration` recognises.
 CONFIG_ERRORS = (AuthenticationError, NoPermissionError, ConfigurationError)
 # Redis did not answer: these count against the breaker. Any other error is a reply.
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterUnreachableError)
+# Redis trouble: redis-py's cluster errors (a slot no node serves, no node reachable, ...)
+# derive from RedisClusterException, not RedisError, and are trouble all the same.
+_TROUBLE = (RedisError, OSError, RedisClusterException)
 # Raised on our side before anything is sent: a bug at the call site, not Redis trouble.
 _CLIENT_SIDE = (DataError, TypeError, ValueError)
 _NO_SCRIPTING = re.compile(r"unknown command [`']?(evalsha|eval|script)\b", re.IGNORECASE)
@@ -137,6 +151,21 @@ def db_of(client: Any) -> int:
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
     db = kwargs.get("db", 0)
     return db if isinstance(db, int) else 0
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection that failed at once (refused, reset, closed by the
+    server) rather than one that timed out."""
+    if isinstance(exc, RedisClusterUnreachableError) or not isinstance(
+        exc, RedisConnectionError | OSError
+    ):
+        return False
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, RedisTimeoutError | TimeoutError):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return True
 
 
 def _describe(operation: str, exc: BaseException) -> str:
@@ -241,13 +270,15 @@ class RedisTier:
     Since: 0.1.0
     """
 
-    __slots__ = ("breaker", "client", "cluster", "telemetry")
+    __slots__ = ("_bus_node", "breaker", "client", "cluster", "sharded", "telemetry")
 
     def __init__(
         self,
         client: Any,
         breaker: CircuitBreaker | None = None,
         telemetry: Telemetry | None = None,
+        *,
+        sharded: bool = False,
     ) -> None:
         if isinstance(client, type) or not (
             hasattr(client, "execute_command") and hasattr(client, "pipeline")
@@ -267,6 +298,16 @@ class RedisTier:
         self.telemetry = telemetry
         #: Whether the client is a ``RedisCluster`` (keys of one call may span nodes).
         self.cluster = isinstance(client, redis.RedisCluster)
+        # On a cluster: which primary carries our classic PUBLISH and SUBSCRIBE (an index
+        # into the primaries; see `_pubsub_node`).
+        self._bus_node = 0
+        if sharded and not self.cluster:
+            raise ValueError(
+                'pubsub="sharded" needs a Redis Cluster client (redis.cluster.RedisCluster): '
+                'on one server there is nothing to shard; use the default, "classic"'
+            )
+        #: Whether the bus uses sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``, see ``shards.py``).
+        self.sharded = sharded
 
     def server(self) -> tuple[str, int] | None:
         """``(host, port)`` of a standalone client, for telemetry; None if unknown."""
@@ -301,12 +342,18 @@ class RedisTier:
         except _CLIENT_SIDE:
             breaker.cancel_probe()
             raise
-        except (RedisError, OSError) as exc:
+        except _TROUBLE as exc:
             wrong = misconfiguration(exc, self.db())
             if wrong is not None:
                 breaker.success()  # Redis (or the TLS layer) answered: it is not down
                 raise wrong from None
-            if isinstance(exc, _UNREACHABLE):
+            if self.cluster and _refused(exc):
+                # One node refused, reset or closed the connection: that cost no wait, and
+                # the other nodes may well answer. Counted, such failures would open the breaker
+                # for the whole cluster (1 call in 3 failing opens it within a second under
+                # load); the breaker is for waits. A half-open probe reports nothing here.
+                breaker.cancel_probe()
+            elif isinstance(exc, _UNREACHABLE):
                 breaker.failure()
             else:
                 breaker.success()
@@ -379,7 +426,32 @@ class RedisTier:
 
     def publish(self, channel: str, message: bytes) -> int:
         """``PUBLISH``; the number of subscribers that received it."""
+        if self.sharded:
+            return int(self._call("SPUBLISH", self.client.spublish, channel, message))
+        if self.cluster:
+            return int(self._call("PUBLISH", self._publish_on_node, channel, message))
         return int(self._call("PUBLISH", self.client.publish, channel, message))
+
+    def _pubsub_node(self) -> Any:
+        """The cluster primary our classic pub/sub goes through.
+
+        A classic PUBLISH reaches the subscribers of every node (the cluster bus broadcasts
+        it), so any primary will do; redis-py would pick the node of the channel's hash slot,
+        and with that node dead and no replica to take over, the bus would stay down for
+        good. So the bus sticks to one primary and moves to the next one when it fails
+        (`_next_pubsub_node`)."""
+        primaries = self.client.get_primaries()
+        return primaries[self._bus_node % len(primaries)]
+
+    def _next_pubsub_node(self) -> None:
+        self._bus_node += 1
+
+    def _publish_on_node(self, channel: str, message: bytes) -> Any:
+        try:
+            return self.client.publish(channel, message, target_nodes=self._pubsub_node())
+        except Exception:
+            self._next_pubsub_node()
+            raise
 
     def subscribe(self, channel: str) -> Subscriber:
         """A new pub/sub connection subscribed to ``channel``, with redis-py's silent retries
@@ -391,7 +463,12 @@ class RedisTier:
 
         Since: 0.2.0
         """
-        pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+        if self.sharded:
+            return Subscriber(self._subscribe_sharded(channel), self.db())
+        if self.cluster:
+            pubsub = self.client.pubsub(node=self._pubsub_node(), ignore_subscribe_messages=False)
+        else:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=False)
         try:
             pubsub.subscribe(channel)
             connection = getattr(pubsub, "connection", None)
@@ -401,10 +478,48 @@ class RedisTier:
         except BaseException as exc:
             with suppress(Exception):
                 pubsub.close()
+            if self.cluster:
+                self._next_pubsub_node()
             if isinstance(exc, Exception):
                 raise _misconfigured_or(exc, self.db()) from None
             raise
         return Subscriber(pubsub, self.db())
+
+    def _subscribe_sharded(self, channel: str) -> ShardedSubscriber:
+        """``SSUBSCRIBE`` to every sharded channel of ``channel``, one connection per node
+        that owns some, each with redis-py's retries off."""
+        channels = shard_channels(channel)
+        by_node: dict[str, tuple[Any, list[str]]] = {}
+        for name in channels:
+            node = self.client.get_node_from_key(name)
+            by_node.setdefault(node.name, (node, []))[1].append(name)
+        pubsubs: list[Any] = []
+        try:
+            for node, names in by_node.values():
+                pubsub = self.client.get_redis_connection(node).pubsub(
+                    ignore_subscribe_messages=False
+                )
+                pubsubs.append(pubsub)
+                for name in names:  # one SSUBSCRIBE per channel: each has its own slot
+                    pubsub.ssubscribe(name)
+                connection = getattr(pubsub, "connection", None)
+                if connection is not None and hasattr(connection, "retry"):
+                    connection.retry = Retry(NoBackoff(), 0)
+        except BaseException as exc:
+            for pubsub in pubsubs:
+                with suppress(Exception):
+                    pubsub.close()
+            self._refresh_topology()
+            if isinstance(exc, Exception):
+                raise _misconfigured_or(exc, self.db()) from None
+            raise
+        return ShardedSubscriber(pubsubs, len(channels), self._refresh_topology)
+
+    def _refresh_topology(self) -> None:
+        """Ask the cluster again which node serves which slot (the listener thread calls it
+        after losing a sharded subscription; a failure is left to the next attempt)."""
+        with suppress(Exception):
+            self.client.nodes_manager.initialize()
 
     def mark_answered(self) -> None:
         """Tell the breaker Redis answered outside a command of ours (e.g. it confirmed a
@@ -421,9 +536,22 @@ class RedisTier:
 
     def run(self, script: Any, operation: str, key: str, *args: bytes | str | int) -> Any:
         """Run a one-key script from `script`."""
+        if self.cluster:
+            return self._call(f"EVALSHA {operation}", self._run_on_key_node, script, key, args)
         return self._call(f"EVALSHA {operation}", script, keys=[key], args=list(args))
+
+    def _run_on_key_node(self, script: Any, key: str, args: tuple[Any, ...]) -> Any:
+        # redis-py loads a script the server does not have yet with SCRIPT LOAD, which a
+        # cluster client sends to every primary: with one of them dead, every script that
+        # had not run on its key's node before the loss failed (a lease write, say, leaving
+        # its placeholder behind for lease_ttl). EVAL only goes to the key's node, and
+        # caches the script there for the next EVALSHA.
+        try:
+            return self.client.evalsha(script.sha, 1, key, *args)
+        except NoScriptError:
+            return self.client.eval(script.script, 1, key, *args)
 
     def close(self) -> None:
         """Close the client's connections."""
-        with suppress(RedisError, OSError):
+        with suppress(*_TROUBLE):
             self.client.close()

@@ -44,6 +44,7 @@ from .inbox import Inbox, Receiver
 from .l2 import CONFIG_ERRORS
 from .messages import OP_PROBE
 from .publisher import Publisher
+from .shards import ShardedPublisher
 from .stats import RateLimitedLog
 from .telemetry import suppressed
 
@@ -81,7 +82,7 @@ class Listener:
     def __init__(
         self,
         redis: Subscribing,
-        publisher: Publisher,
+        publisher: Publisher | ShardedPublisher,
         receiver: Receiver,
         health: BusHealth,
         *,
@@ -108,6 +109,15 @@ class Listener:
         self._inbox = Inbox(
             publisher.instance_id, receiver, health, channel=self.channel, log=self._log
         )
+        # Sharded pub/sub: one inbox per channel, since each channel is numbered on its own;
+        # the first one's hears the probe.
+        self._inboxes = {self.channel: self._inbox}
+        for i, channel in enumerate(getattr(publisher, "channels", ())):
+            self._inboxes[channel] = (
+                self._inbox
+                if i == 0
+                else Inbox(publisher.instance_id, receiver, health, channel=channel, log=self._log)
+            )
         self._pong_deadline: float | None = None
         self._next_ping = 0.0
         self._probe_deadline: float | None = None
@@ -264,10 +274,20 @@ class Listener:
         elif kind in ("pong", b"pong"):
             self._pong_deadline = None
             self._next_ping = time.monotonic() + HEALTH_INTERVAL
-        elif kind in ("message", b"message") and self._inbox.on_message(message.get("data")):
+        elif kind in ("message", b"message") and self._inbox_of(message).on_message(
+            message.get("data")
+        ):
             # Our own start-up probe came back: the channel works both ways.
             self._probe_deadline = None
             self._health.probe_ok = True
+
+    def _inbox_of(self, message: dict[str, Any]) -> Inbox:
+        if len(self._inboxes) <= 2:  # the classic channel (and its name as the first shard)
+            return self._inbox
+        channel = message.get("channel")
+        if isinstance(channel, bytes):
+            channel = channel.decode(errors="replace")
+        return self._inboxes.get(channel, self._inbox) if isinstance(channel, str) else self._inbox
 
     def _on_subscribed(self) -> None:
         self._health.subscriptions += 1

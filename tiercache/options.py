@@ -266,6 +266,12 @@ def _record_keys(value: Any) -> str | None:
     return value  # type: ignore[no-any-return]
 
 
+def _pubsub(value: Any) -> str:
+    if value not in ("classic", "sharded"):
+        raise ValueError(f"pubsub must be 'classic' or 'sharded', not {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
 def _breaker(value: Any) -> Breaker | None:
     if value is not None and not isinstance(value, Breaker):
         raise TypeError(f"breaker must be a tiercache.Breaker or None, not {value!r}")
@@ -457,6 +463,15 @@ OPTIONS: tuple[Option, ...] = (
         "restarting); `None`: never skip Redis",
     ),
     Option(
+        "pubsub",
+        "classic",
+        '`"classic"`',
+        _pubsub,
+        'the invalidation bus on Redis Cluster: `"classic"` (one channel, `PUBLISH`, '
+        'broadcast to every node) or `"sharded"` (a channel per slot group, `SPUBLISH`, '
+        "Redis 7; a cluster client only); see [Scaling](scaling.md#pubsub-classic-or-sharded)",
+    ),
+    Option(
         "stale_ttl",
         0.0,
         "`0` (off)",
@@ -604,6 +619,7 @@ class Settings:
     lease_ttl: float
     lease_wait: float
     breaker: Breaker | None
+    pubsub: str
     stale_ttl: float
     fail_safe_throttle: float
     soft_timeout: float | None
@@ -636,6 +652,12 @@ class Settings:
         soft, hard = values["soft_timeout"], values["hard_timeout"]
         if soft is not None and hard is not None and soft > hard:
             raise ValueError(f"soft_timeout ({soft:g} s) must not exceed hard_timeout ({hard:g} s)")
+        if values["pubsub"] == "sharded" and values["propagate_values"]:
+            raise ValueError(
+                "propagate_values needs pubsub='classic': with sharded pub/sub each channel "
+                "numbers its own messages, and a receiver could not order a value it is sent "
+                "against its own writes"
+            )
         none_ttl = values["none_ttl"]
         if none_ttl is not None and none_ttl > ttl:
             raise ValueError(f"none_ttl ({none_ttl:g} s) must not exceed ttl ({ttl:g} s)")

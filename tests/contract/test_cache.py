@@ -39,6 +39,13 @@ def raw_key(namespace: str, key: str) -> bytes:
     return f"{namespace}:{key}".encode()
 
 
+def all_keys(client: Any, pattern: str = "*") -> list[bytes]:
+    """``KEYS pattern`` on every node (a cluster's ``KEYS`` asks one node by default)."""
+    if isinstance(client, redis.RedisCluster):
+        return list(client.keys(pattern, target_nodes=redis.RedisCluster.PRIMARIES))
+    return list(client.keys(pattern))
+
+
 @pytest.fixture
 def make_cache(
     redis_client: redis.Redis, namespace: str, clock: FakeClock
@@ -208,7 +215,7 @@ def test_key_is_stored_in_redis_as_namespace_colon_key(make_cache, redis_client,
     cache.get_or_set("loaded", Loader())
     cache.set_many({"m1": 1})
 
-    keys = set(redis_client.keys("*"))
+    keys = set(all_keys(redis_client))
 
     assert keys == {raw_key(namespace, k) for k in ("user:42", "loaded", "m1")}
 
@@ -315,7 +322,7 @@ def test_clear_removes_only_its_own_namespace(make_cache, redis_client, namespac
 
     cache.clear()
 
-    assert set(redis_client.keys("*")) >= {
+    assert set(all_keys(redis_client)) >= {
         raw_key(namespace + "x", "a"),
         raw_key(namespace + "-2", "a"),
         b"unrelated",
@@ -335,7 +342,9 @@ def test_get_many_serves_l1_first_then_one_mget_for_the_rest(
     writer.set_many({"a": 1, "b": 2, "c": 3})
     reader.get("a")  # now in the reader's L1
     mgets: list[list[Any]] = []
-    real_mget = redis_client.mget
+    # A cluster client reads many keys with mget_nonatomic (one MGET per slot).
+    mget_name = "mget_nonatomic" if isinstance(redis_client, redis.RedisCluster) else "mget"
+    real_mget = getattr(redis_client, mget_name)
 
     def counting_mget(keys: Any, *args: Any) -> Any:
         mgets.append(list(keys))
@@ -344,7 +353,7 @@ def test_get_many_serves_l1_first_then_one_mget_for_the_rest(
     def no_get(*_args: Any, **_kw: Any) -> Any:
         raise AssertionError("get_many must not issue single GETs")
 
-    monkeypatch.setattr(redis_client, "mget", counting_mget)
+    monkeypatch.setattr(redis_client, mget_name, counting_mget)
     monkeypatch.setattr(redis_client, "get", no_get)
 
     result = reader.get_many(["a", "b", "c", "d", "b"])
@@ -440,7 +449,7 @@ def test_l2_ttl_jitter_only_shortens(make_cache, redis_client, namespace) -> Non
         cache.get_or_set(f"g{i}", Loader(i))
     cache.set_many({f"m{i}": i for i in range(10)})
 
-    pttls = [redis_client.pttl(k) for k in redis_client.keys(f"{namespace}:*")]
+    pttls = [redis_client.pttl(k) for k in all_keys(redis_client, f"{namespace}:*")]
 
     assert len(pttls) == 30
     slack_ms = 2000  # real time between the write and the PTTL read
@@ -582,7 +591,7 @@ def test_unserializable_value_writes_nothing(
 
     assert cache.get("k") == "before"
     assert cache.get("ok", default=MISSING) is MISSING
-    assert set(redis_client.keys("*")) == {raw_key(namespace, "k")}
+    assert set(all_keys(redis_client)) == {raw_key(namespace, "k")}
 
 
 @pytest.mark.parametrize(
@@ -603,7 +612,7 @@ def test_value_over_max_value_bytes_raises_value_error_and_writes_nothing(
         operation(cache, "x" * 200)
 
     assert cache.get_many(["ok", "k", "fits"]) == {"fits": "x" * 50}
-    assert len(redis_client.keys("*")) == 1
+    assert len(all_keys(redis_client)) == 1
 
 
 # -- bad bytes in Redis (guarantee 7) ----------------------------------------------------------

@@ -27,6 +27,7 @@ import redis
 
 from tests.support import subscribed
 from tiercache import TierCache
+from tiercache.connect import client_from_url
 
 # Bounds of the waits below, in seconds. Delivery normally takes milliseconds; the bounds
 # only decide how long a broken build takes to fail.
@@ -159,7 +160,7 @@ def serve_peer(conn: Connection, url: str) -> None:
     """The peer's main loop: ``(cache, op, args, kwargs)`` in, ``("ok"|"error", ...)`` out;
     ``None`` or the parent's end of the pipe closing stops it."""
     global _db
-    _db = redis.Redis.from_url(url)
+    _db = client_from_url(url)  # a standalone server or a cluster
     caches: dict[str, TierCache] = {}
     try:
         while conn.poll(PEER_IDLE_TIMEOUT):

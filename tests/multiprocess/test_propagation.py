@@ -22,7 +22,6 @@ from tests.multiprocess.support import (
     Peer,
     subscribe,
 )
-from tests.redis_server import RedisServer
 from tests.support import wait_for
 from tiercache import TierCache
 
@@ -32,11 +31,12 @@ L1_TTL = 60.0
 
 
 @pytest.fixture(scope="module")
-def peers(redis_server: RedisServer) -> Iterator[tuple[Peer, Peer]]:
-    """Process A (spawn) and process B (fork), alive for the whole module."""
-    a = Peer(multiprocessing.get_context("spawn"), redis_server.url, "peer-A")
+def peers(topology_url: str) -> Iterator[tuple[Peer, Peer]]:
+    """Process A (spawn) and process B (fork), alive for the whole module (once on one
+    server, once on a cluster)."""
+    a = Peer(multiprocessing.get_context("spawn"), topology_url, "peer-A")
     try:
-        b = Peer(multiprocessing.get_context("fork"), redis_server.url, "peer-B")
+        b = Peer(multiprocessing.get_context("fork"), topology_url, "peer-B")
         try:
             yield a, b
         finally:
@@ -47,7 +47,7 @@ def peers(redis_server: RedisServer) -> Iterator[tuple[Peer, Peer]]:
 
 @pytest.fixture
 def pair(
-    peers: tuple[Peer, Peer], namespace: str, real_redis: redis.Redis
+    peers: tuple[Peer, Peer], namespace: str, topology_redis: redis.Redis
 ) -> Iterator[tuple[Peer, Peer]]:
     """A and B, each with a subscribed cache "main" on this test's namespace."""
     for peer in peers:
@@ -108,13 +108,11 @@ def test_write_in_one_process_reaches_the_l1_of_another_through_the_bus(
     _l1_reads(a, "main", {"k3": "old3"})  # an untouched key stays in A's L1
 
 
-def test_two_instances_in_one_process_hear_each_other(
-    redis_server: RedisServer, namespace: str
-) -> None:
+def test_two_instances_in_one_process_hear_each_other(topology_url: str, namespace: str) -> None:
     """Instances are the unit of coherence: two caches in one process invalidate each other."""
     with (
-        TierCache.from_url(redis_server.url, namespace=namespace, l1_ttl=L1_TTL) as first,
-        TierCache.from_url(redis_server.url, namespace=namespace, l1_ttl=L1_TTL) as second,
+        TierCache.from_url(topology_url, namespace=namespace, l1_ttl=L1_TTL) as first,
+        TierCache.from_url(topology_url, namespace=namespace, l1_ttl=L1_TTL) as second,
     ):
         subscribe(first)
         subscribe(second)
@@ -136,11 +134,9 @@ def test_two_instances_in_one_process_hear_each_other(
             assert stats["bus_gaps"] == 0
 
 
-def test_own_echo_is_ignored_and_does_not_flush_own_l1(
-    redis_server: RedisServer, namespace: str
-) -> None:
+def test_own_echo_is_ignored_and_does_not_flush_own_l1(topology_url: str, namespace: str) -> None:
     """An instance's own message comes back, is counted as ignored, and its L1 keeps the entry."""
-    with TierCache.from_url(redis_server.url, namespace=namespace, l1_ttl=L1_TTL) as cache:
+    with TierCache.from_url(topology_url, namespace=namespace, l1_ttl=L1_TTL) as cache:
         before = subscribe(cache)
         cache.set("k", "mine")
         wait_for(
@@ -189,7 +185,7 @@ def test_invalidate_tags_in_one_process_drops_exactly_the_tagged_entries_in_anot
 
 
 def test_clear_in_one_process_empties_the_namespace_in_another_and_spares_other_namespaces(
-    pair: tuple[Peer, Peer], namespace: str, real_redis: redis.Redis
+    pair: tuple[Peer, Peer], namespace: str, topology_redis: redis.Redis
 ) -> None:
     """B clears: A's L1 empties and A reads misses from L2; another namespace is untouched."""
     a, b = pair
@@ -211,18 +207,18 @@ def test_clear_in_one_process_empties_the_namespace_in_another_and_spares_other_
     _l1_reads(a, "other", {"k1": "other1", "k2": "other2"})
     assert b.call("other", "get_many", ["k1", "k2"]) == {"k1": "other1", "k2": "other2"}
     assert b.stats("other")["l2_hits"] == 2
-    assert real_redis.exists(f"{other}:k1", f"{other}:k2") == 2
+    assert topology_redis.exists(f"{other}:k1", f"{other}:k2") == 2
 
 
 def test_memoize_invalidate_in_one_process_reaches_the_other(
-    pair: tuple[Peer, Peer], real_redis: redis.Redis
+    pair: tuple[Peer, Peer], topology_redis: redis.Redis
 ) -> None:
     """A memoized call cached in A is reloaded there after B calls ``.invalidate`` with its args."""
     a, b = pair
     assert a.call("main", "memo_key", "A1") == b.call("main", "memo_key", "A1")
-    real_redis.hset(PRICES, "A1", 100)
+    topology_redis.hset(PRICES, "A1", 100)
     assert a.call("main", "memo", "A1") == 100
-    real_redis.hset(PRICES, "A1", 200)
+    topology_redis.hset(PRICES, "A1", 200)
     before = a.stats("main")
     assert a.call("main", "memo", "A1") == 100  # served from A's L1
     assert a.stats("main")["l1_hits"] == before["l1_hits"] + 1

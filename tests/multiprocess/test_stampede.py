@@ -29,6 +29,7 @@ from tests.multiprocess.support import (
 from tests.redis_server import RedisServer
 from tests.support import wait_for
 from tiercache import TierCache
+from tiercache.connect import client_from_url
 
 pytestmark = pytest.mark.redis
 
@@ -62,7 +63,7 @@ def _stampede_process(url: str, namespace: str, barrier: Barrier, results: Any) 
     try:
         with (
             TierCache.from_url(url, namespace=namespace, l1_ttl=LONG) as cache,
-            redis.Redis.from_url(url) as db,
+            client_from_url(url) as db,  # one server or a cluster
         ):
             subscribe(cache)
 
@@ -92,13 +93,14 @@ def _stampede_process(url: str, namespace: str, barrier: Barrier, results: Any) 
 
 
 def test_cold_key_stampede_across_processes_and_threads_loads_exactly_once(
-    redis_server: RedisServer, real_redis: redis.Redis, namespace: str
+    topology_url: str, topology_redis: redis.Redis, namespace: str
 ) -> None:
-    """4 processes x 8 threads miss one cold key at once: one load in all, one value for all."""
+    """4 processes x 8 threads miss one cold key at once: one load in all, one value for all
+    (on one server and on a cluster)."""
     barrier = FORK.Barrier(PROCESSES * THREADS)
     results = FORK.Queue()
     processes = [
-        FORK.Process(target=_stampede_process, args=(redis_server.url, namespace, barrier, results))
+        FORK.Process(target=_stampede_process, args=(topology_url, namespace, barrier, results))
         for _ in range(PROCESSES)
     ]
     try:
@@ -111,7 +113,7 @@ def test_cold_key_stampede_across_processes_and_threads_loads_exactly_once(
         results.close()
         results.join_thread()
 
-    assert real_redis.get(COUNTER) == b"1"
+    assert topology_redis.get(COUNTER) == b"1"
     assert sum(report["stats"]["loads"] for report in reports) == 1
     values = [value for report in reports for value in report["values"]]
     assert len(values) == PROCESSES * THREADS

@@ -374,3 +374,12 @@ def test_a_compressor_without_the_protocol_methods_is_a_type_error() -> None:
     """compressor= must have compress(data) and decompress(data, max_size)."""
     with pytest.raises(TypeError, match="compressor must have"):
         build(compressor=object())
+
+
+def test_value_propagation_with_sharded_pubsub_is_a_value_error_naming_both() -> None:
+    """propagate_values orders received values against the instance's own message numbers,
+    which sharded pub/sub keeps per channel: the combination is refused before any I/O."""
+    from tiercache.options import Settings
+
+    with pytest.raises(ValueError, match=r"propagate_values.*pubsub"):
+        Settings.build(pubsub="sharded", propagate_values=4096)
