@@ -82,7 +82,7 @@ DEFAULT_LEASE_WAIT = 5.0
 #: the loader for that key again.
 DEFAULT_FAIL_SAFE_THROTTLE = 10.0
 #: Values up to this many bytes (as stored) travel with their invalidation message.
-DEFAULT_PROPAGATE_VALUES = 0
+DEFAULT_PROPAGATE_VALUES = 4 * 1024
 #: Threads that run loads in the background (soft/hard timeouts, refresh-ahead).
 DEFAULT_BACKGROUND_WORKERS = 4
 
@@ -379,11 +379,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "propagate_values",
         DEFAULT_PROPAGATE_VALUES,
-        "`0` (off)",
+        "4 KiB",
         _int("propagate_values", 0),
-        "a `set` sends values up to this many bytes (as stored, e.g. `4096`) with its "
+        "a `set` sends values up to this many bytes (as stored) with its "
         "invalidation, and other instances keep them in L1 instead of reading them back from "
-        "Redis; `0`: invalidate only (see [value propagation](consistency.md#value-propagation))",
+        "Redis; `0`: invalidate only (see [value propagation](consistency.md#value-propagation)); "
+        'off with `pubsub="sharded"`, whose channels number their messages apart',
     ),
     Option(
         "raise_on_write_error",
@@ -652,11 +653,11 @@ class Settings:
         soft, hard = values["soft_timeout"], values["hard_timeout"]
         if soft is not None and hard is not None and soft > hard:
             raise ValueError(f"soft_timeout ({soft:g} s) must not exceed hard_timeout ({hard:g} s)")
-        if values["pubsub"] == "sharded" and values["propagate_values"]:
+        if values["pubsub"] == "sharded" and options.get("propagate_values"):
             raise ValueError(
                 "propagate_values needs pubsub='classic': with sharded pub/sub each channel "
                 "numbers its own messages, and a receiver could not order a value it is sent "
-                "against its own writes"
+                "against its own writes (leave propagate_values unset: sharded invalidates only)"
             )
         none_ttl = values["none_ttl"]
         if none_ttl is not None and none_ttl > ttl:

@@ -524,13 +524,14 @@ def test_drain_applies_a_pending_message_while_the_listener_is_parked(
     redis_server: RedisServer, make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the listener stuck in poll(), a reader's Bus.drain() applies the waiting message."""
-    writer = started(make_cache(redis_server))  # its listener keeps the real poll
+    # invalidate-only, so the applied message is visible as an emptied L1
+    writer = started(make_cache(redis_server, propagate_values=0))  # keeps the real poll
     gate = ParkableListener()
     fake_select = SimpleNamespace(
         poll=gate.make_poller, POLLIN=select.POLLIN, POLLPRI=select.POLLPRI
     )
     monkeypatch.setattr(listener, "select", fake_select)
-    reader = started(make_cache(redis_server))  # the only listener that can be parked
+    reader = started(make_cache(redis_server, propagate_values=0))  # the one that parks
     reader.set("k", "old")
     assert wait_until(lambda: stat(reader, "bus_ignored") == 2)
     bus = reader._coherence.bus  # type: ignore[union-attr]

@@ -139,7 +139,8 @@ class Counting:
 telemetry._tracer = Counting(telemetry._tracer)
 server = fakeredis.FakeServer()
 a = TierCache(fakeredis.FakeRedis(server=server), namespace="api")
-b = TierCache(fakeredis.FakeRedis(server=server), namespace="api")
+# b invalidates only, so that a reads b's value back from Redis
+b = TierCache(fakeredis.FakeRedis(server=server), namespace="api", propagate_values=0)
 seen = workload(a)
 b.set("x", 1)
 assert a.get_or_set("x", boom) == 1  # an L2 hit on the other instance's value

@@ -383,3 +383,10 @@ def test_value_propagation_with_sharded_pubsub_is_a_value_error_naming_both() ->
 
     with pytest.raises(ValueError, match=r"propagate_values.*pubsub"):
         Settings.build(pubsub="sharded", propagate_values=4096)
+
+
+def test_the_default_value_propagation_steps_aside_for_sharded_pubsub() -> None:
+    """Left unset, propagate_values does not stop pubsub="sharded" from building."""
+    from tiercache.options import Settings
+
+    assert Settings.build(pubsub="sharded").pubsub == "sharded"

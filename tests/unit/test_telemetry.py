@@ -1135,7 +1135,8 @@ def test_l1_entries_is_summed_over_instances(
     make_cache: MakeCache, sdk: Sdk, namespace: str
 ) -> None:
     """``tiercache.l1.entries``: the entries in every L1 of the namespace."""
-    a, b = make_cache(), make_cache()
+    # invalidate-only: a propagated value would land in the other L1 some time later
+    a, b = make_cache(propagate_values=0), make_cache(propagate_values=0)
     a.set_many({"x": 1, "y": 2, "z": 3})
     b.set("w", 4)
     assert (a.stats()["l1_size"], b.stats()["l1_size"]) == (3, 1)
@@ -1181,7 +1182,7 @@ def test_a_closed_cache_is_no_longer_reported_in_the_gauges(
 ) -> None:
     """After close() a cache leaves the gauges (L1 entries, breaker); the other instance of
     the namespace stays; once both are closed the namespace has no gauge point at all."""
-    a, b = make_cache(), make_cache()
+    a, b = make_cache(propagate_values=0), make_cache(propagate_values=0)  # as above
     a.set("x", 1)
     b.set_many({"y": 2, "z": 3})
     assert value(sdk, tel.METRIC_L1_ENTRIES, namespace) == 3
