@@ -117,7 +117,8 @@ QUANTILES = 1000  # points of each process's latency sketch
 HAND = "hand-written"
 CASHEWS = "cashews"
 TIERCACHE = "tiercache"
-#: tiercache with value propagation on (propagate_values=4096): a set hands the value over.
+#: tiercache as configured by default: value propagation on (propagate_values=4 KiB), a
+#: set hands the value over; TIERCACHE is the same cache invalidating only.
 TIERCACHE_VALUES = "tiercache+values"
 PEERS = (HAND, "django-redis", "flask-caching", "dogpile", CASHEWS, TIERCACHE, TIERCACHE_VALUES)
 #: modules a peer needs; it is skipped when one is missing
@@ -347,10 +348,11 @@ class Dogpile:
 
 
 class TierCachePeer:
-    """tiercache through its public API."""
+    """tiercache through its public API, invalidating only (no value travels with a set)."""
 
     has_l1 = True
-    options: dict[str, Any] = {}  # noqa: RUF012 - read-only, overridden by subclasses
+    #: read-only, overridden by subclasses
+    options: dict[str, Any] = {"propagate_values": 0}  # noqa: RUF012
 
     def __init__(self, url: str) -> None:
         from tiercache import TierCache
@@ -370,9 +372,9 @@ class TierCachePeer:
 
 
 class TierCacheValuesPeer(TierCachePeer):
-    """tiercache with value propagation on: other processes keep a set's value in L1."""
+    """tiercache as configured by default: other processes keep a set's value in L1."""
 
-    options: dict[str, Any] = {"propagate_values": 4096}  # noqa: RUF012
+    options: dict[str, Any] = {}  # noqa: RUF012
 
 
 class Cashews:
