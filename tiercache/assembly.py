@@ -103,10 +103,9 @@ def assemble(client: Any, settings: Settings, label: str) -> Parts:
         l2 = RedisTier(client, breaker, telemetry, sharded=settings.pubsub == "sharded")
     lifetimes = Lifetimes(settings, clock, wall, two_tier=l2 is not None)
     if l2 is not None:
-        # A receiver orders a value it is sent against its own writes by message number:
-        # sharded pub/sub numbers each channel apart, so it invalidates only.
-        propagate = settings.propagate_values if settings.pubsub == "classic" else 0
-        propagation = Propagation(l1, codec, lifetimes, counters, max_value_bytes=propagate)
+        propagation = Propagation(
+            l1, codec, lifetimes, counters, max_value_bytes=settings.propagate_values
+        )
         coherence = Coherence(
             l1, l2, settings.namespace, settings.l1_ttl, counters, clock, propagation
         )

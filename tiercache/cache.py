@@ -91,7 +91,7 @@ class TierCache:
         max_value_bytes: int = DEFAULTS["max_value_bytes"],
         serializer: Serializer | None = DEFAULTS["serializer"],
         compressor: Compressor | None = DEFAULTS["compressor"],
-        propagate_values: int = DEFAULTS["propagate_values"],
+        propagate_values: int | None = DEFAULTS["propagate_values"],
         raise_on_write_error: bool = DEFAULTS["raise_on_write_error"],
         writer: Writer | None = DEFAULTS["writer"],
         write_behind: bool = DEFAULTS["write_behind"],

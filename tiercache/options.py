@@ -378,13 +378,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "propagate_values",
-        DEFAULT_PROPAGATE_VALUES,
-        "4 KiB",
-        _int("propagate_values", 0),
+        None,
+        "4 KiB (`0` with sharded pub/sub)",
+        _optional_int("propagate_values", 0),
         "a `set` sends values up to this many bytes (as stored) with its "
         "invalidation, and other instances keep them in L1 instead of reading them back from "
         "Redis; `0`: invalidate only (see [value propagation](consistency.md#value-propagation)); "
-        'off with `pubsub="sharded"`, whose channels number their messages apart',
+        'not allowed with `pubsub="sharded"`, whose channels number their messages apart',
     ),
     Option(
         "raise_on_write_error",
@@ -653,7 +653,10 @@ class Settings:
         soft, hard = values["soft_timeout"], values["hard_timeout"]
         if soft is not None and hard is not None and soft > hard:
             raise ValueError(f"soft_timeout ({soft:g} s) must not exceed hard_timeout ({hard:g} s)")
-        if values["pubsub"] == "sharded" and options.get("propagate_values"):
+        sharded = values["pubsub"] == "sharded"
+        if values["propagate_values"] is None:
+            values["propagate_values"] = 0 if sharded else DEFAULT_PROPAGATE_VALUES
+        elif sharded and values["propagate_values"]:
             raise ValueError(
                 "propagate_values needs pubsub='classic': with sharded pub/sub each channel "
                 "numbers its own messages, and a receiver could not order a value it is sent "

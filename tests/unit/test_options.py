@@ -385,8 +385,10 @@ def test_value_propagation_with_sharded_pubsub_is_a_value_error_naming_both() ->
         Settings.build(pubsub="sharded", propagate_values=4096)
 
 
-def test_the_default_value_propagation_steps_aside_for_sharded_pubsub() -> None:
-    """Left unset, propagate_values does not stop pubsub="sharded" from building."""
+def test_value_propagation_defaults_to_4_kib_with_classic_pubsub() -> None:
+    """Left unset, propagate_values is 4 KiB on the classic channel and 0 on sharded ones."""
     from tiercache.options import Settings
 
-    assert Settings.build(pubsub="sharded").pubsub == "sharded"
+    assert Settings.build().propagate_values == 4096
+    assert Settings.build(pubsub="sharded").propagate_values == 0
+    assert Settings.build(pubsub="sharded", propagate_values=0).propagate_values == 0
