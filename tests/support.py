@@ -84,6 +84,52 @@ def run_threads(targets: Iterable[Callable[[], object]], timeout: float = WAIT) 
     assert not any(t.is_alive() for t in threads), "a thread is stuck"
 
 
+class LoadThreads:
+    """Background load for fault tests: ``call(i)`` in ``threads`` daemon threads until the
+    ``with`` block ends (thread *n* calls with n, n + threads, ...). Every exception a call
+    raised lands in ``errors`` and every call's wall time in ``durations``, so a test can
+    assert that a fault reached no caller and stalled none."""
+
+    def __init__(self, call: Callable[[int], object], threads: int = 8) -> None:
+        self.errors: list[BaseException] = []
+        self.durations: list[float] = []
+        self._call = call
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(n, threads), daemon=True)
+            for n in range(threads)
+        ]
+
+    @property
+    def calls(self) -> int:
+        """Calls finished so far, raised or not."""
+        return len(self.durations)
+
+    def _run(self, i: int, step: int) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._call(i)
+            except BaseException as exc:
+                with self._lock:
+                    self.errors.append(exc)
+            with self._lock:
+                self.durations.append(time.monotonic() - started)
+            i += step
+
+    def __enter__(self) -> LoadThreads:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(WAIT)
+        assert not any(t.is_alive() for t in self._threads), "a load thread is stuck"
+
+
 # -- fakes -----------------------------------------------------------------------------------
 
 

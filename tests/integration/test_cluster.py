@@ -7,7 +7,6 @@ start a cluster of their own and are marked ``slow``.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,7 @@ from redis.exceptions import RedisClusterUnreachableError, SlotNotCoveredError
 
 from tests.conftest import require_cluster_tools
 from tests.redis_cluster import RedisClusterProcesses
-from tests.support import WAIT, subscribed, unique_namespace, wait_until
+from tests.support import WAIT, LoadThreads, subscribed, unique_namespace, wait_until
 from tiercache import TierCache
 from tiercache.connect import client_from_url
 from tiercache.errors import L2Error
@@ -121,44 +120,23 @@ def test_dead_primary_under_load_is_a_miss_in_bounded_time_and_other_slots_keep_
         version_node = own_cluster.node_for_key(version_key(namespace, ""))
         victim = next(n for n in own_cluster.nodes if n is not version_node)
         survivors = [k for k in keys if own_cluster.node_for_key(f"{namespace}:{k}") is not victim]
-        errors: list[BaseException] = []
-        durations: list[float] = []
-        stop = threading.Event()
-        lock = threading.Lock()
 
-        def load(offset: int) -> None:
-            i = offset
-            while not stop.is_set():
-                key = keys[i % len(keys)]
-                i += 8
-                started = time.monotonic()
-                try:
-                    if i % 3 == 0:
-                        reader.get_many(keys[i % 150 : i % 150 + 50])
-                    elif i % 3 == 1:
-                        reader.get_or_set(key, lambda k=key: k)
-                    else:
-                        writer.set(key, key)
-                except BaseException as exc:
-                    with lock:
-                        errors.append(exc)
-                with lock:
-                    durations.append(time.monotonic() - started)
+        def call(i: int) -> None:
+            key = keys[i % len(keys)]
+            if i % 3 == 0:
+                reader.get_many(keys[i % 150 : i % 150 + 50])
+            elif i % 3 == 1:
+                reader.get_or_set(key, lambda k=key: k)
+            else:
+                writer.set(key, key)
 
-        threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        try:
-            assert wait_until(lambda: len(durations) > 200)
+        with LoadThreads(call) as load:
+            assert wait_until(lambda: load.calls > 200)
             victim.kill()
-            killed_at = len(durations)
-            assert wait_until(lambda: len(durations) > killed_at + 2000, timeout=WAIT)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(WAIT)
-        assert errors == []
-        assert max(durations) < 1.0, f"slowest call {max(durations):.3f} s"
+            killed_at = load.calls
+            assert wait_until(lambda: load.calls > killed_at + 2000, timeout=WAIT)
+        assert load.errors == []
+        assert max(load.durations) < 1.0, f"slowest call {max(load.durations):.3f} s"
         before = reader.stats()["l2_hits"]
         assert wait_until(lambda: reader.get_many(survivors[:20]) == {k: k for k in survivors[:20]})
         assert reader.stats()["l2_hits"] > before
@@ -326,47 +304,25 @@ def test_resharding_under_load_moves_keys_without_an_exception_or_a_stall(
         subscribed(reader)
         writer.set_many({key: key for key in keys})
         slots = sorted({key_slot(f"{namespace}:{k}".encode()) for k in keys[:40]})
-        errors: list[BaseException] = []
-        durations: list[float] = []
-        stop = threading.Event()
-        lock = threading.Lock()
 
-        def load(offset: int) -> None:
-            i = offset
-            while not stop.is_set():
-                key = keys[i % len(keys)]
-                i += 8
-                started = time.monotonic()
-                try:
-                    if i % 2:
-                        reader.get_many(keys[i % 250 : i % 250 + 50])
-                    else:
-                        writer.set(key, key)
-                except BaseException as exc:
-                    with lock:
-                        errors.append(exc)
-                with lock:
-                    durations.append(time.monotonic() - started)
+        def call(i: int) -> None:
+            if i % 2:
+                reader.get_many(keys[i % 250 : i % 250 + 50])
+            else:
+                writer.set(keys[i % len(keys)], keys[i % len(keys)])
 
-        threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        try:
-            assert wait_until(lambda: len(durations) > 100)
+        with LoadThreads(call) as load:
+            assert wait_until(lambda: load.calls > 100)
             moved = 0
             for slot in slots:
                 owner = own_cluster.node_for_slot(slot)
                 target = next(n for n in own_cluster.nodes if n is not owner)
                 moved += own_cluster.move_slot(slot, target)
             assert moved >= 40
-            done = len(durations)
-            assert wait_until(lambda: len(durations) > done + 200)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(WAIT)
-        assert errors == []
-        assert max(durations) < 1.0, f"slowest call {max(durations):.3f} s"
+            done = load.calls
+            assert wait_until(lambda: load.calls > done + 200)
+        assert load.errors == []
+        assert max(load.durations) < 1.0, f"slowest call {max(load.durations):.3f} s"
         assert wait_until(lambda: reader.get_many(keys) == {k: k for k in keys})
 
 
@@ -407,33 +363,16 @@ def test_failover_inside_the_cluster_under_load_resumes_l2_and_the_bus(
         subscribed(writer)
         subscribed(reader)
         writer.set_many({key: key for key in keys})
-        errors: list[BaseException] = []
-        durations: list[float] = []
-        stop = threading.Event()
-        lock = threading.Lock()
 
-        def load(offset: int) -> None:
-            i = offset
-            while not stop.is_set():
-                key = keys[i % len(keys)]
-                i += 8
-                started = time.monotonic()
-                try:
-                    if i % 2:
-                        reader.get_or_set(key, lambda k=key: k)
-                    else:
-                        writer.set(key, key)
-                except BaseException as exc:
-                    with lock:
-                        errors.append(exc)
-                with lock:
-                    durations.append(time.monotonic() - started)
+        def call(i: int) -> None:
+            key = keys[i % len(keys)]
+            if i % 2:
+                reader.get_or_set(key, lambda k=key: k)
+            else:
+                writer.set(key, key)
 
-        threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        try:
-            assert wait_until(lambda: len(durations) > 100)
+        with LoadThreads(call) as load:
+            assert wait_until(lambda: load.calls > 100)
             victim.kill()
             killed_at = time.monotonic()
             assert wait_until(lambda: len(cluster.primaries()) == 3, timeout=WAIT)
@@ -461,16 +400,12 @@ def test_failover_inside_the_cluster_under_load_resumes_l2_and_the_bus(
                 f"{l2_at - promoted_at:.2f} s and the bus {time.monotonic() - promoted_at:.2f} s "
                 "after the promotion"
             )
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(WAIT)
-        assert errors == []
+        assert load.errors == []
         # A get_or_set may wait for a lease taken just before the kill: its placeholder was
         # replicated, its holder's write was lost with the primary, so waiters wait out
         # lease_wait (5 s), as for any lease whose holder is gone. Nothing else may stall.
-        assert max(durations) < 5.0 + 1.0, f"slowest call {max(durations):.3f} s"
-        slow = [d for d in durations if d >= 1.0]
+        assert max(load.durations) < 5.0 + 1.0, f"slowest call {max(load.durations):.3f} s"
+        slow = [d for d in load.durations if d >= 1.0]
         assert len(slow) <= 8, f"{len(slow)} calls of 1 s or more"
         assert wait_until(lambda: reader.stats()["bus_subscribed"] == 1)
 

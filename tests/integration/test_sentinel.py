@@ -7,7 +7,6 @@ and is marked ``slow``.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ import redis
 
 from tests.conftest import require_cluster_tools
 from tests.redis_cluster import SentinelSet
-from tests.support import WAIT, subscribed, wait_until
+from tests.support import LoadThreads, subscribed, wait_until
 from tiercache import TierCache
 from tiercache.connect import client_from_url
 
@@ -66,32 +65,16 @@ def test_sentinel_failover_under_load_is_invisible_to_callers_and_resumes_quickl
         assert isinstance(writer._l2 and writer._l2.client, redis.Redis)
         subscribed(writer)
         subscribed(reader)
-        errors: list[BaseException] = []
-        stop = threading.Event()
-        calls = [0]
-        lock = threading.Lock()
 
-        def load(offset: int) -> None:
-            i = offset
-            while not stop.is_set():
-                key = f"k{i % 100}"
-                i += 8
-                try:
-                    if i % 2:
-                        writer.set(key, i)
-                    else:
-                        reader.get_or_set(key, lambda: 0)
-                except BaseException as exc:
-                    with lock:
-                        errors.append(exc)
-                with lock:
-                    calls[0] += 1
+        def call(i: int) -> None:
+            key = f"k{i % 100}"
+            if i % 2:
+                writer.set(key, i)
+            else:
+                reader.get_or_set(key, lambda: 0)
 
-        threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        try:
-            assert wait_until(lambda: calls[0] > 200)
+        with LoadThreads(call) as load:
+            assert wait_until(lambda: load.calls > 200)
             old_port = sentinels.primary.port
             sentinels.primary.kill()
             assert wait_until(
@@ -119,13 +102,8 @@ def test_sentinel_failover_under_load_is_invisible_to_callers_and_resumes_quickl
             )
             resumed_after = time.monotonic() - promoted_at
             print(f"L2 and invalidation resumed {resumed_after:.2f} s after the promotion")
-            with lock:
-                before = calls[0]
-            assert wait_until(lambda: calls[0] > before + 200)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(WAIT)
-        assert errors == []
+            before = load.calls
+            assert wait_until(lambda: load.calls > before + 200)
+        assert load.errors == []
         assert resumed_after <= RESUME_WITHIN, f"resumed {resumed_after:.2f} s after promotion"
         assert reader.stats()["bus_subscribed"] == 1
