@@ -62,6 +62,29 @@ class Readings(Protocol):
 
 _Observed = Readings
 
+#: Gauges read from each live instance's stats(): name, stats key, unit, description.
+_GAUGES = (
+    (
+        METRIC_BREAKER,
+        "breaker_open",
+        "{instance}",
+        "Cache instances whose circuit breaker is not closed (open or probing)",
+    ),
+    (METRIC_L1_ENTRIES, "l1_size", "{entry}", "Entries held in L1"),
+    (
+        METRIC_L1_BYTES,
+        "l1_bytes",
+        "By",
+        "Encoded size of the values held in L1 (fail-safe held values included)",
+    ),
+    (
+        METRIC_WRITE_BEHIND_PENDING,
+        "write_behind_pending",
+        "{write}",
+        "Write-behind writes queued or being written",
+    ),
+)
+
 
 class _Instruments:
     def __init__(self) -> None:
@@ -105,30 +128,10 @@ class _Instruments:
             meter.create_observable_counter(
                 name, callbacks=[totals.callback], unit=unit, description=description
             )
-        meter.create_observable_up_down_counter(
-            METRIC_BREAKER,
-            callbacks=[_callback(_stat("breaker_open"))],
-            unit="{instance}",
-            description="Cache instances whose circuit breaker is not closed (open or probing)",
-        )
-        meter.create_observable_up_down_counter(
-            METRIC_L1_ENTRIES,
-            callbacks=[_callback(_stat("l1_size"))],
-            unit="{entry}",
-            description="Entries held in L1",
-        )
-        meter.create_observable_up_down_counter(
-            METRIC_L1_BYTES,
-            callbacks=[_callback(_stat("l1_bytes"))],
-            unit="By",
-            description="Encoded size of the values held in L1 (fail-safe held values included)",
-        )
-        meter.create_observable_up_down_counter(
-            METRIC_WRITE_BEHIND_PENDING,
-            callbacks=[_callback(_stat("write_behind_pending"))],
-            unit="{write}",
-            description="Write-behind writes queued or being written",
-        )
+        for name, stat, unit, description in _GAUGES:
+            meter.create_observable_up_down_counter(
+                name, callbacks=[_callback(_stat(stat))], unit=unit, description=description
+            )
 
 
 _observed: weakref.WeakSet[_Observed] = weakref.WeakSet()
