@@ -9,10 +9,20 @@
 
 Both sides use one real redis-server started here and clients with the same options.
 Targets (issue 10): set <= 1.2x, delete <= 1.2x, load after delete <= 1.3x.
+
+Two floors show what announcing a write costs whoever does it: a raw pipeline of ``SET`` +
+``PUBLISH`` to a channel that one other process subscribes to (Redis writes the message to
+that subscriber before it answers the writer), and the same channel subscribed by a thread of
+this process too (as a cache's own listener is: the message wakes that thread, which then
+competes with the writer for the GIL).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+import time
 from typing import Any
 
 import msgpack
@@ -40,6 +50,20 @@ def run(quick: bool = False) -> None:
             packb, rset, rget, rdel = msgpack.packb, raw.set, raw.get, raw.delete
             for key in ("k", "d"):
                 cache.set(key, VALUE)
+            floor = _Subscribers(server.url, raw)
+            pipeline = raw.pipeline
+
+            def set_pub(channel: str) -> Any:
+                def run() -> None:
+                    pipeline(transaction=False).set("r:k", packb(VALUE), ex=300).publish(
+                        channel, b"x" * 64
+                    ).execute()
+
+                return run
+
+            def del_pub() -> None:
+                pipeline(transaction=False).unlink("r:d").publish("floor:2", b"x" * 64).execute()
+
             writes = compare(
                 [
                     Variant(
@@ -48,7 +72,10 @@ def run(quick: bool = False) -> None:
                         {"s": rset, "p": packb, "k": "r:k", "v": VALUE},
                     ),
                     Variant("set", "s(k, v)", {"s": cache.set, "k": "k", "v": VALUE}),
+                    Variant("pub_other", "f()", {"f": set_pub("floor:1")}),
+                    Variant("pub_both", "f()", {"f": set_pub("floor:2")}),
                     Variant("raw_del", "d(k)", {"d": rdel, "k": "r:d"}),
+                    Variant("del_pub", "f()", {"f": del_pub}),
                     Variant("delete", "d(k)", {"d": cache.delete, "k": "d"}),
                 ],
                 number=number,
@@ -56,19 +83,22 @@ def run(quick: bool = False) -> None:
             )
             ratio_table(
                 f"set and delete, time per call (median of {rounds} interleaved repeats)",
-                {"raw_set": writes["raw_set"], "set": writes["set"]},
+                {k: writes[k] for k in ("raw_set", "pub_other", "pub_both", "set")},
                 "raw_set",
                 labels={
                     "raw_set": "raw redis-py SET + msgpack.packb (peer)",
+                    "pub_other": "floor: raw SET + PUBLISH, 1 subscriber in another process",
+                    "pub_both": "floor: the same + 1 subscriber thread in this process",
                     "set": "TierCache.set (SET + PUBLISH, one round trip)",
                 },
             )
             ratio_table(
                 "",
-                {"raw_del": writes["raw_del"], "delete": writes["delete"]},
+                {k: writes[k] for k in ("raw_del", "del_pub", "delete")},
                 "raw_del",
                 labels={
                     "raw_del": "raw redis-py DEL (peer)",
+                    "del_pub": "floor: raw UNLINK + PUBLISH, subscribers here and elsewhere",
                     "delete": "TierCache.delete (UNLINK + PUBLISH, one round trip)",
                 },
             )
@@ -118,9 +148,53 @@ def run(quick: bool = False) -> None:
                 f"Targets: set <= 1.2x: {r_set:.2f}x; delete <= 1.2x: {r_del:.2f}x; "
                 f"load after delete <= 1.3x: {r_load:.2f}x -> {verdict}"
             )
+            f_set = writes["set"].median / writes["pub_both"].median
+            f_del = writes["delete"].median / writes["del_pub"].median
+            print(
+                f"Over the floors (a write that announces itself to a subscribed channel): "
+                f"set {f_set:.2f}x SET + PUBLISH with subscribers here and elsewhere; "
+                f"delete {f_del:.2f}x UNLINK + PUBLISH with the same subscribers"
+            )
         finally:
+            floor.close()
             raw.close()
             cache.close()
+
+
+class _Subscribers:
+    """One subscriber process on ``floor:1`` and ``floor:2``, and a subscriber thread of this
+    process on ``floor:2``: the listeners the floors' PUBLISHes are delivered to."""
+
+    def __init__(self, url: str, raw: Any) -> None:
+        code = (
+            "import redis, sys\n"
+            "p = redis.Redis.from_url(sys.argv[1]).pubsub()\n"
+            "p.subscribe('floor:1', 'floor:2')\n"
+            "for _ in p.listen(): pass\n"
+        )
+        self._process = subprocess.Popen([sys.executable, "-c", code, url])
+        self._pubsub = client_from_url(url).pubsub()
+        self._pubsub.subscribe("floor:2")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while dict(raw.pubsub_numsub("floor:1", "floor:2")) != {b"floor:1": 1, b"floor:2": 2}:
+            if time.monotonic() > deadline or self._process.poll() is not None:
+                self.close()
+                raise RuntimeError("the floor's subscribers did not subscribe within 30 s")
+            time.sleep(0.01)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            self._pubsub.get_message(timeout=0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._pubsub.close()
+        self._process.kill()
+        self._process.wait(5)
 
 
 def _minus(both: Any, alone: Any, name: str) -> Any:
