@@ -30,9 +30,9 @@ key index, a version number and a 1,000-character string) and the same loader:
 
 Workloads: 1 process x 1 thread and 4 processes x 2 threads, 1,000 keys, Zipf(1.1) key choice
 precomputed per worker thread from a fixed seed (the same sequence for every peer), at 1%,
-0.1% and 0% writes (half ``set``, half ``delete``; reads are read-through). Before each timed
-phase the worker processes read every key once (L2 and L1 warm), then a barrier starts them
-together. Per peer: throughput, p50/p99 per operation, Redis commands per operation (``INFO
+0.1% and 0% writes (half ``set``, half ``delete``; ``--set-share`` changes the mix; reads are
+read-through). Before each timed phase the worker processes read every key once (L2 and L1
+warm), then a barrier starts them together. Per peer: throughput, p50/p99 per operation, Redis commands per operation (``INFO
 commandstats`` deltas of this benchmark's own server) and reads stale by more than 50 ms (a
 read is stale when a newer version of its key had finished being written before the read
 started; every write bumps the key's version in a shared "database" first, under a per-key
@@ -176,11 +176,12 @@ def key_sequence(seed: int, n: int = SEQ_LEN) -> array[int]:
     return array("H", rng.choices(range(KEYS), cum_weights=zipf_cum_weights(), k=n))
 
 
-def op_sequence(seed: int, write_rate: float, n: int = SEQ_LEN) -> bytes:
-    """``n`` operations: 0 read, 1 set, 2 delete (writes at ``write_rate``, half each)."""
+def op_sequence(seed: int, write_rate: float, n: int = SEQ_LEN, set_share: float = 0.5) -> bytes:
+    """``n`` operations: 0 read, 1 set, 2 delete (writes at ``write_rate``, a ``set_share``
+    of them sets, the rest deletes)."""
     rng = random.Random(seed)
     rand = rng.random
-    return bytes((1 if rand() < 0.5 else 2) if rand() < write_rate else 0 for _ in range(n))
+    return bytes((1 if rand() < set_share else 2) if rand() < write_rate else 0 for _ in range(n))
 
 
 def stale_age(ring_v: Any, ring_t: Any, k: int, seen: int, started: int) -> int:
@@ -491,16 +492,19 @@ def _run_cell(index: int, cmd: dict[str, Any], shared: Shared, seqs: dict[Any, A
     kind = cmd["kind"]
     if kind == "throughput":
         for t in range(cmd["threads"]):
-            for what in (("keys", index, t), ("ops", index, t, cmd["write_rate"])):
+            share = cmd["set_share"]
+            for what in (("keys", index, t), ("ops", index, t, cmd["write_rate"], share)):
                 if what not in seqs:
                     seed = 10_000 + 100 * index + t
                     seqs[what] = (
-                        key_sequence(seed) if what[0] == "keys" else op_sequence(seed, what[3])
+                        key_sequence(seed)
+                        if what[0] == "keys"
+                        else op_sequence(seed, what[3], set_share=share)
                     )
         cmd = {
             **cmd,
             "seqs": [
-                (seqs[("keys", index, t)], seqs[("ops", index, t, cmd["write_rate"])])
+                (seqs[("keys", index, t)], seqs[("ops", index, t, cmd["write_rate"], share)])
                 for t in range(cmd["threads"])
             ],
         }
@@ -1231,12 +1235,14 @@ def _rotate(items: Sequence[str], by: int) -> list[str]:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def run(quick: bool = False, out: Path | str | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = False, out: Path | str | None = None, set_share: float = 0.5
+) -> dict[str, Any]:
     """Run every part, print the tables and targets, write the results folder."""
     out_dir = Path(out) if out is not None else DEFAULT_OUT
     tee = Tee(sys.stdout)
     with contextlib.redirect_stdout(tee):
-        report = _run(quick, out_dir, tee)
+        report = _run(quick, out_dir, tee, set_share)
     out_dir.mkdir(parents=True, exist_ok=True)
     header = f"{report['environment']}\n{report['machine']}\ncommand: {report['command']}\n"
     (out_dir / "peers.txt").write_text(header + tee.getvalue())
@@ -1244,7 +1250,7 @@ def run(quick: bool = False, out: Path | str | None = None) -> dict[str, Any]:
     return report
 
 
-def _run(quick: bool, out_dir: Path, tee: Tee) -> dict[str, Any]:
+def _run(quick: bool, out_dir: Path, tee: Tee, set_share: float = 0.5) -> dict[str, Any]:
     from tests.redis_server import RedisServer
 
     rounds = 1 if quick else 3
@@ -1264,7 +1270,7 @@ def _run(quick: bool, out_dir: Path, tee: Tee) -> dict[str, Any]:
     print(
         f"config: {KEYS} keys, Zipf({ZIPF_S}), ~1 KB values, ttl={TTL} s, l1_ttl={L1_TTL} s "
         f"(tiercache; the hand-written TTLCache too), {rounds} round(s) of {duration:g} s per "
-        "workload and peer, interleaved"
+        f"workload and peer, interleaved; {set_share:.0%} of writes are sets, the rest deletes"
     )
     report: dict[str, Any] = {
         "environment": environment(),
@@ -1285,6 +1291,7 @@ def _run(quick: bool, out_dir: Path, tee: Tee) -> dict[str, Any]:
             "read_pause_s": READ_PAUSE,
             "stampede_load_s": STAMPEDE_LOAD,
             "stampede_rounds": stampede_rounds,
+            "set_share": set_share,
         },
     }
     failed: dict[str, str] = {}
@@ -1298,7 +1305,7 @@ def _run(quick: bool, out_dir: Path, tee: Tee) -> dict[str, Any]:
             print(
                 f"  {POOL_PROCESSES} worker processes spawned in {time.monotonic() - clock:.1f} s"
             )
-            cells = _throughput(pool, peers, rounds, duration, failed)
+            cells = _throughput(pool, peers, rounds, duration, failed, set_share)
             clock = time.monotonic()
             stale = _staleness(pool, peers, stale_duration, failed)
             print(f"  staleness done in {time.monotonic() - clock:.1f} s")
@@ -1323,7 +1330,12 @@ def _run(quick: bool, out_dir: Path, tee: Tee) -> dict[str, Any]:
 
 
 def _throughput(
-    pool: Pool, peers: list[str], rounds: int, duration: float, failed: dict[str, str]
+    pool: Pool,
+    peers: list[str],
+    rounds: int,
+    duration: float,
+    failed: dict[str, str],
+    set_share: float = 0.5,
 ) -> list[dict[str, Any]]:
     cells: dict[tuple[int, int, float], dict[str, list[dict[str, Any]]]] = {}
     n = 0
@@ -1341,6 +1353,7 @@ def _throughput(
                         "peer": peer,
                         "threads": threads,
                         "write_rate": rate,
+                        "set_share": set_share,
                         "duration": duration,
                         "prefix": f"t{n}:",
                     }
@@ -1745,9 +1758,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=TITLE)
     parser.add_argument("--quick", action="store_true", help="one short round (well under 1 min)")
     parser.add_argument("--out", type=Path, default=None, help=f"results folder ({DEFAULT_OUT})")
+    parser.add_argument(
+        "--set-share",
+        type=float,
+        default=0.5,
+        help="share of the writes that are sets, the rest deletes (default 0.5; 1 = sets only)",
+    )
     args = parser.parse_args(argv)
+    if not 0.0 <= args.set_share <= 1.0:
+        parser.error("--set-share must be between 0 and 1")
     print(environment())
-    run(quick=args.quick, out=args.out)
+    run(quick=args.quick, out=args.out, set_share=args.set_share)
     return 0
 
 
