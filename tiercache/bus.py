@@ -46,7 +46,10 @@ class InvalidationBus(Protocol):
         ...
 
     def publish_values(
-        self, pairs: list[list[Any]], send: Callable[[str, bytes], object] | None = None
+        self,
+        pairs: list[list[Any]],
+        send: Callable[[str, bytes], object] | None = None,
+        numbered: Callable[[int], None] | None = None,
     ) -> int:
         """Tell the other instances these keys were written, values included."""
         ...
@@ -132,11 +135,15 @@ class Bus:
         return self.publisher.publish(OP_KEYS, keys, send)
 
     def publish_values(
-        self, pairs: list[list[Any]], send: Callable[[str, bytes], object] | None = None
+        self,
+        pairs: list[list[Any]],
+        send: Callable[[str, bytes], object] | None = None,
+        numbered: Callable[[int], None] | None = None,
     ) -> int:
         """Tell the other instances these keys were written, with the entry of each small
-        value (``[key, entry or None]``), as `publish_keys` does."""
-        return self.publisher.publish(OP_VALUES, pairs, send)
+        value (``[key, entry or None]``), as `publish_keys` does; ``numbered`` learns the
+        message's number before it is sent (`Publisher.publish`)."""
+        return self.publisher.publish(OP_VALUES, pairs, send, numbered)
 
     def publish_ready(self, keys: list[str]) -> int:
         """Tell the processes waiting for these keys' leases that their holder is done."""

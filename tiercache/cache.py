@@ -19,7 +19,7 @@ from .background import Background
 from .codec import Compressor, Serializer
 from .coherence import Coherence
 from .keys import check_key, check_keys, check_tags
-from .l2 import RedisTier
+from .l2 import RedisTier, is_cluster
 from .metrics import forget as stop_metrics
 from .metrics import observe as report_metrics
 from .options import DEFAULTS, Breaker, Duration, Settings, check_optional_ttl, check_writer
@@ -118,7 +118,7 @@ class TierCache:
     ) -> None:
         options = dict(locals())
         del options["self"], options["client"]
-        self._settings = settings = Settings.build(**options)
+        self._settings = settings = Settings.build(cluster=is_cluster(client), **options)
         tier = "L1-only" if client is None else "L1+L2"
         parts = assemble(client, settings, f"<TierCache {settings.namespace!r} {tier}>")
         self._l1, self._l2, self._coherence = parts.l1, parts.l2, parts.coherence

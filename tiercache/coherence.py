@@ -119,7 +119,10 @@ class Coherence:
     def set_and_publish(self, keys: list[str], rows: list[tuple[str, bytes, int]]) -> None:
         """``SET ... PX`` every row, then tell the other instances that ``keys`` changed: one
         round trip (a pipeline whose PUBLISH follows the writes, so a receiver that drops
-        its copy can only re-read the new value). Raises L2Error."""
+        its copy can only re-read the new value). A message that carries values is sent
+        with its writes atomically instead (`RedisTier.set_many_and_publish`): a receiver
+        keeps what it is sent, so another write of the key must not run between the two.
+        Raises L2Error."""
         l2 = self.l2
         propagation = self.propagation
         if propagation is None or not propagation.max_value_bytes:
@@ -129,14 +132,13 @@ class Coherence:
                 return
             self.bus.publish_keys(keys, lambda channel, raw: l2.set_many(rows, (channel, raw)))
             return
-        pairs = propagation.message(keys, rows)
-        if l2.cluster:
-            l2.set_many(rows)
-            seq = self.bus.publish_values(pairs)
-        else:
-            send = lambda channel, raw: l2.set_many(rows, (channel, raw))  # noqa: E731
-            seq = self.bus.publish_values(pairs, send)
-        propagation.written(keys, seq)
+        # The keys are ours from before the write: a message of another instance heard
+        # before our own echo comes back is older than our write (`propagation.py`).
+        self.bus.publish_values(
+            propagation.message(keys, rows),
+            lambda channel, raw: l2.set_many_and_publish(rows, (channel, raw)),
+            lambda seq: propagation.written(keys, seq),
+        )
 
     def delete_and_publish(self, keys: list[str], rkeys: list[str]) -> None:
         """``UNLINK`` ``rkeys`` and tell the other instances that ``keys`` changed, in one

@@ -307,6 +307,8 @@ class LocalTier:
         tags: Iterable[str] = (),
         stale_for: float = 0.0,
         size: int = 0,
+        *,
+        write: bool = False,
     ) -> bool:
         """Store ``value`` for ``ttl`` seconds (and keep it as a fail-safe copy for
         ``stale_for`` seconds, if longer) unless ``ticket`` was overtaken by an invalidation
@@ -314,8 +316,11 @@ class LocalTier:
         weight against ``max_bytes``; a value over ``max_entry_bytes`` is not stored (and
         the older value of the key is dropped).
 
-        Without a ticket (a ``set`` by this instance, the newest value by definition) the
-        store is unconditional and overtakes every load of the key still in flight.
+        Without a ticket (a value known to be the newest) the store is unconditional and
+        overtakes every load of the key still in flight. ``write``: a ``set`` by this
+        instance, with the ticket taken before its Redis write: stored only if nothing
+        overtook it meanwhile (another instance's write of the key, heard while ours was on
+        the wire, may be the newer one), and then it overtakes the loads in flight.
         """
         with self.lock:
             too_big = size > self._max_entry_bytes
@@ -330,7 +335,8 @@ class LocalTier:
                 return False
             now = self.timer()
             self._before_fills(now)
-            return self._fill(key, value, now + ttl, now + max(ttl, stale_for), ticket, tags, size)
+            deadline, stale_until = now + ttl, now + max(ttl, stale_for)
+            return self._fill(key, value, deadline, stale_until, ticket, tags, size, write)
 
     def fill_many(
         self, items: Iterable[tuple[str, Any, float, Ticket, Iterable[str], float, int]]
@@ -457,12 +463,15 @@ class LocalTier:
         ticket: Ticket | None,
         tags: Iterable[str],
         size: int = 0,
+        write: bool = False,
     ) -> bool:
-        if ticket is None:
+        if ticket is not None and (
+            ticket.epoch != self._epoch or ticket.record[1] != ticket.generation
+        ):
+            return False
+        if ticket is None or write:
             self._bump(key)
             self._on_invalidate((key,))
-        elif ticket.epoch != self._epoch or ticket.record[1] != ticket.generation:
-            return False
         # A fresh value supersedes a stale one held for the fail-safe.
         self.held.pop(key, None)
         self._book[key] = size  # may evict the least recently used entries

@@ -63,6 +63,7 @@ __all__ = [
     "RedisTier",
     "Subscriber",
     "db_of",
+    "is_cluster",
     "misconfiguration",
     "server_of",
 ]
@@ -82,6 +83,17 @@ _CLIENT_SIDE = (DataError, TypeError, ValueError)
 _NO_SCRIPTING = re.compile(r"unknown command [`']?(evalsha|eval|script)\b", re.IGNORECASE)
 # redis-py prefixes a pipeline's error with the command and its arguments: raw keys and
 # the first bytes of values, which must not reach logs or exception texts.
+# Writes keys and publishes their message in one atomic step: KEYS are the entries,
+# ARGV = [channel, entry 1, px 1, entry 2, px 2, ..., message]. Atomic, unlike a pipeline,
+# whose commands Redis may interleave with another client's when they arrive in pieces
+# (redis-py sends a pipeline past 6,000 bytes in several writes; a network splits it into
+# packets): a message that carries values must follow its writes with nothing between.
+_SET_AND_PUBLISH = """
+for i = 1, #KEYS do
+    redis.call('SET', KEYS[i], ARGV[2 * i], 'PX', ARGV[2 * i + 1])
+end
+return redis.call('PUBLISH', ARGV[1], ARGV[#ARGV])
+"""
 _PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
 
 
@@ -185,6 +197,14 @@ def _handshake_timed_out(exc: BaseException) -> bool:
     return False
 
 
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a redis-py Redis Cluster client.
+
+    Since: 0.2.0
+    """
+    return isinstance(client, redis.RedisCluster)
+
+
 class Subscriber:
     """One pub/sub connection subscribed to one channel; made by `RedisTier.subscribe`.
 
@@ -270,7 +290,15 @@ class RedisTier:
     Since: 0.1.0
     """
 
-    __slots__ = ("_bus_node", "breaker", "client", "cluster", "sharded", "telemetry")
+    __slots__ = (
+        "_bus_node",
+        "_set_and_publish",
+        "breaker",
+        "client",
+        "cluster",
+        "sharded",
+        "telemetry",
+    )
 
     def __init__(
         self,
@@ -297,7 +325,9 @@ class RedisTier:
         self.breaker = breaker or CircuitBreaker()
         self.telemetry = telemetry
         #: Whether the client is a ``RedisCluster`` (keys of one call may span nodes).
-        self.cluster = isinstance(client, redis.RedisCluster)
+        self.cluster = is_cluster(client)
+        # Registering does no I/O; the script is loaded at its first use.
+        self._set_and_publish: Any = None if self.cluster else self.script(_SET_AND_PUBLISH)
         # On a cluster: which primary carries our classic PUBLISH and SUBSCRIBE (an index
         # into the primaries; see `_pubsub_node`).
         self._bus_node = 0
@@ -402,6 +432,23 @@ class RedisTier:
             self._call("PIPELINE", pipelined)
         else:
             self._call("SET" if len(items) == 1 else "PIPELINE SET", pipelined)
+
+    def set_many_and_publish(
+        self, items: Sequence[tuple[str, bytes, int]], publish: tuple[str, bytes]
+    ) -> None:
+        """Every ``SET ... PX`` and then ``PUBLISH channel message``, atomically (one script,
+        one round trip): no other client's command runs between them, so the message's
+        place among the channel's messages is its writes' place among the writes. Not on a
+        cluster (the keys and the channel's node may differ)."""
+        if self._set_and_publish is None:
+            raise L2Error("an atomic write and publish needs a single Redis server")
+        channel, message = publish
+        args: list[Any] = [channel]
+        for _key, data, ttl_ms in items:
+            args += (data, max(1, ttl_ms))
+        args.append(message)
+        keys = [key for key, _data, _ttl in items]
+        self._call("EVALSHA set_publish", self._set_and_publish, keys=keys, args=args)
 
     def set_nx(self, key: str, data: bytes, ttl_ms: int) -> bool:
         """``SET key data NX PX ttl_ms``; whether it was set."""

@@ -379,12 +379,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "propagate_values",
         None,
-        "4 KiB (`0` with sharded pub/sub)",
+        "4 KiB (`0` on Redis Cluster)",
         _optional_int("propagate_values", 0),
         "a `set` sends values up to this many bytes (as stored) with its "
         "invalidation, and other instances keep them in L1 instead of reading them back from "
         "Redis; `0`: invalidate only (see [value propagation](consistency.md#value-propagation)); "
-        'not allowed with `pubsub="sharded"`, whose channels number their messages apart',
+        "not allowed on Redis Cluster, where a write and its message cannot be one atomic step",
     ),
     Option(
         "raise_on_write_error",
@@ -635,9 +635,10 @@ class Settings:
     timer: Callable[[], float] | None
 
     @classmethod
-    def build(cls, **options: Any) -> Settings:
+    def build(cls, *, cluster: bool = False, **options: Any) -> Settings:
         """Validate every option (missing ones take their default); raise
-        `TypeError`/`ValueError` naming the first bad one."""
+        `TypeError`/`ValueError` naming the first bad one. ``cluster``: the client is a
+        Redis Cluster client (some options resolve differently there)."""
         unknown = options.keys() - DEFAULTS.keys()
         if unknown:
             raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
@@ -655,12 +656,19 @@ class Settings:
             raise ValueError(f"soft_timeout ({soft:g} s) must not exceed hard_timeout ({hard:g} s)")
         sharded = values["pubsub"] == "sharded"
         if values["propagate_values"] is None:
-            values["propagate_values"] = 0 if sharded else DEFAULT_PROPAGATE_VALUES
+            values["propagate_values"] = 0 if sharded or cluster else DEFAULT_PROPAGATE_VALUES
         elif sharded and values["propagate_values"]:
             raise ValueError(
                 "propagate_values needs pubsub='classic': with sharded pub/sub each channel "
                 "numbers its own messages, and a receiver could not order a value it is sent "
                 "against its own writes (leave propagate_values unset: sharded invalidates only)"
+            )
+        elif cluster and values["propagate_values"]:
+            raise ValueError(
+                "propagate_values needs a single Redis server (or Sentinel): a value sent "
+                "with its invalidation must be written and published in one atomic step, "
+                "which Redis Cluster cannot do when the key and the bus live on different "
+                "nodes (leave propagate_values unset: a cluster invalidates only)"
             )
         none_ttl = values["none_ttl"]
         if none_ttl is not None and none_ttl > ttl:

@@ -81,7 +81,8 @@ class Propagation:
         return pairs
 
     def written(self, keys: list[str], seq: int) -> None:
-        """This instance wrote ``keys``, announced by its message ``seq``."""
+        """This instance is writing ``keys``, announced by its message ``seq`` (told before
+        the write is sent: others' messages heard from then on, until our echo, are older)."""
         with self._lock:
             if seq <= self._echoed:
                 return  # its echo was heard already (a reader drained it meanwhile)

@@ -40,7 +40,11 @@ class Publisher:
         self._seq = 0
 
     def publish(
-        self, op: int, data: Any, send: Callable[[str, bytes], object] | None = None
+        self,
+        op: int,
+        data: Any,
+        send: Callable[[str, bytes], object] | None = None,
+        numbered: Callable[[int], None] | None = None,
     ) -> int:
         """Publish one message; raises `L2Error` on failure. A lost number shows up as a gap
         at every receiver once a later message arrives.
@@ -49,11 +53,14 @@ class Publisher:
         write that carries its own invalidation in the same round trip (the write first,
         then the PUBLISH, in one pipeline). It runs under the lock that keeps numbers in
         publish order, so a receiver sees this instance's messages in number order.
-        Returns the message's number."""
+        ``numbered(seq)``, if given, learns the message's number before it is sent (its
+        echo may come back before this call returns). Returns the message's number."""
         health = self._health
         with self._lock:
             self._seq += 1
             raw = encode_message(self.instance_id, self._seq, op, data)
+            if numbered is not None:
+                numbered(self._seq)
             try:
                 (send or self._redis.publish)(self.channel, raw)
             except L2Error:

@@ -93,7 +93,11 @@ class ShardedPublisher:
         self._rkey = rkey
 
     def publish(
-        self, op: int, data: Any, send: Callable[[str, bytes], object] | None = None
+        self,
+        op: int,
+        data: Any,
+        send: Callable[[str, bytes], object] | None = None,
+        numbered: Callable[[int], None] | None = None,
     ) -> int:
         """Publish one message; raises `L2Error` if any part of it could not be sent.
         Returns 0: each channel numbers its messages, there is no one number to give
@@ -102,6 +106,8 @@ class ShardedPublisher:
             # A write that carries its PUBLISH in its own pipeline is a single-server
             # feature; sharded pub/sub runs on a cluster, where writes publish separately.
             raise L2Error("sharded pub/sub cannot publish inside a write's pipeline")
+        if numbered is not None:
+            raise L2Error("sharded pub/sub has no one message number to give")
         if op != OP_KEYS:
             # A clear, tags (which only drop entries: their order against key messages on
             # other channels does not matter) or the listener's probe: every receiver

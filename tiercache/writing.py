@@ -146,28 +146,41 @@ class Writes:
             return
         self._lifecycle.ready()
         learned_at: float | None = None
-        try:
-            invalidations.replay()
-            stamp = coherence.stamp(tags)
-            rows = []
-            for key, ready in zip(keys, prepared, strict=True):
-                life = lifetimes.write(ttl)
-                blob = self._codec.frame(ready, life.expires_at, stamp.ns_version, stamp.tags)
-                # Redis keeps the entry through its fail-safe window too.
-                rows.append((self._rkey(key), blob, life.px_ms))
-            coherence.set_and_publish(keys, rows)
-            learned_at = stamp.learned_at
-        except L2Error as exc:
-            # Redis may hold the old value, or the new one unannounced: delete it there
-            # before trusting Redis again.
-            invalidations.pending.add_keys(keys)
-            if self._raise:
-                self._l1.invalidate(keys)
-            self._failed(exc)
-        l1_ttl = lifetimes.after_write(ttl, learned_at)
-        for key, ready in zip(keys, prepared, strict=True):
-            size = len(ready.payload)
-            self._l1.fill(key, mapping[key], l1_ttl, tags=tags, stale_for=stale_for, size=size)
+        # Taken before the write: if another instance's write of a key is heard while ours
+        # is on the wire, which of the two Redis keeps is unknown here, so ours must not
+        # replace what that message left in L1 (its value, or nothing: a read of Redis).
+        with self._l1.tickets(keys) as tickets:
+            try:
+                invalidations.replay()
+                stamp = coherence.stamp(tags)
+                rows = []
+                for key, ready in zip(keys, prepared, strict=True):
+                    life = lifetimes.write(ttl)
+                    blob = self._codec.frame(ready, life.expires_at, stamp.ns_version, stamp.tags)
+                    # Redis keeps the entry through its fail-safe window too.
+                    rows.append((self._rkey(key), blob, life.px_ms))
+                coherence.set_and_publish(keys, rows)
+                learned_at = stamp.learned_at
+            except L2Error as exc:
+                # Redis may hold the old value, or the new one unannounced: delete it there
+                # before trusting Redis again.
+                invalidations.pending.add_keys(keys)
+                if self._raise:
+                    self._l1.invalidate(keys)
+                self._failed(exc)
+            l1_ttl = lifetimes.after_write(ttl, learned_at)
+            for key, ready, ticket in zip(keys, prepared, tickets, strict=True):
+                size = len(ready.payload)
+                self._l1.fill(
+                    key,
+                    mapping[key],
+                    l1_ttl,
+                    ticket,
+                    tags=tags,
+                    stale_for=stale_for,
+                    size=size,
+                    write=True,
+                )
 
     def delete_many(self, keys: list[str]) -> None:
         """Remove the keys from L2, every other instance's L1 and ours."""

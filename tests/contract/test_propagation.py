@@ -21,15 +21,24 @@ LIMIT = 4096
 def make_cache(
     redis_client: redis.Redis, namespace: str, clock: FakeClock
 ) -> Iterator[Callable[..., TierCache]]:
-    """Caches with value propagation on, each subscribed before use."""
+    """Caches with value propagation on (invalidating only on a cluster, which refuses
+    it: the READY tests below hold there too), each subscribed before use."""
+    limit = 0 if isinstance(redis_client, redis.RedisCluster) else LIMIT
     with CacheFactory(
-        redis_client, settle=True, namespace=namespace, timer=clock, propagate_values=LIMIT
+        redis_client, settle=True, namespace=namespace, timer=clock, propagate_values=limit
     ) as make:
         yield make
 
 
+def _values_refused_on(make_cache: Callable[..., TierCache]) -> None:
+    probe = make_cache()
+    if not probe.settings.propagate_values:
+        pytest.skip("Redis Cluster sends no values (see test_values_are_refused_on_a_cluster)")
+
+
 def test_a_set_puts_the_new_value_in_the_other_instances_l1(make_cache) -> None:
     """After A.set, B serves the new value from its own L1: no Redis read, no load."""
+    _values_refused_on(make_cache)
     a, b = make_cache(), make_cache()
     subscribed(a, probe=True)
     subscribed(b, probe=True)
@@ -44,6 +53,7 @@ def test_a_set_puts_the_new_value_in_the_other_instances_l1(make_cache) -> None:
 
 def test_a_value_over_the_limit_is_a_plain_invalidation(make_cache) -> None:
     """A value larger than propagate_values drops B's copy; B reads the new one from Redis."""
+    _values_refused_on(make_cache)
     a, b = make_cache(), make_cache()
     subscribed(a, probe=True)
     subscribed(b, probe=True)
@@ -58,6 +68,7 @@ def test_a_value_over_the_limit_is_a_plain_invalidation(make_cache) -> None:
 def test_a_receivers_load_in_flight_does_not_overwrite_a_propagated_value(make_cache) -> None:
     """B starts loading k (slow); A sets k; B's older load ends after the value arrived: B
     keeps A's value (guarantee 3), in L1 and in Redis."""
+    _values_refused_on(make_cache)
     a, b = make_cache(), make_cache()
     subscribed(a, probe=True)
     subscribed(b, probe=True)
@@ -140,3 +151,14 @@ def test_a_failed_load_wakes_its_waiters_who_then_load(make_cache) -> None:
 def _swallow(call: Callable[[], object]) -> None:
     with contextlib.suppress(RuntimeError):
         call()
+
+
+@pytest.mark.cluster
+def test_values_are_refused_on_a_cluster(cluster_redis: redis.RedisCluster, namespace: str) -> None:
+    """On Redis Cluster a write and its message cannot be one atomic step (the key and the
+    bus live on different nodes), so a receiver could keep a value another write already
+    replaced: values are off by default there, and asking for them is a ValueError."""
+    with TierCache(cluster_redis, namespace=namespace) as cache:
+        assert cache.settings.propagate_values == 0
+    with pytest.raises(ValueError, match="propagate_values needs a single Redis server"):
+        TierCache(cluster_redis, namespace=namespace, propagate_values=LIMIT)

@@ -74,21 +74,27 @@ def test_a_user_lacking_only_set_gets_no_permission_from_loads_and_clear(
         assert stats["breaker_opens"] == 0
 
 
+@pytest.mark.parametrize(
+    ("propagate_values", "refusal"),
+    [(0, "no permissions"), (4096, "can't run this command")],
+    ids=["pipeline", "script"],
+)
 def test_a_refused_set_does_not_put_the_raw_key_or_value_in_the_error(
-    acl_server: RedisServer, namespace: str
+    acl_server: RedisServer, namespace: str, propagate_values: int, refusal: str
 ) -> None:
     """redis-py prefixes a pipeline error with the command's arguments: the raw Redis key
-    and the first bytes of the entry. The error raised by set() has neither."""
+    and the first bytes of the entry. The error raised by set() has neither, whether the
+    write is a pipeline (invalidating only) or the script that sends values."""
     url = f"redis://noset:pw@127.0.0.1:{acl_server.port}/0"
     with (
-        TierCache.from_url(url, namespace=namespace) as cache,
+        TierCache.from_url(url, namespace=namespace, propagate_values=propagate_values) as cache,
         pytest.raises(NoPermissionError) as excinfo,
     ):
         cache.set("user:alice@example.com", "s3cret-value")
     text = str(excinfo.value)
     assert "alice" not in text
     assert "s3cret" not in text
-    assert "no permissions" in text.lower()
+    assert refusal in text.lower()
     assert excinfo.value.__cause__ is None
     assert excinfo.value.__suppress_context__
 

@@ -392,3 +392,14 @@ def test_value_propagation_defaults_to_4_kib_with_classic_pubsub() -> None:
     assert Settings.build().propagate_values == 4096
     assert Settings.build(pubsub="sharded").propagate_values == 0
     assert Settings.build(pubsub="sharded", propagate_values=0).propagate_values == 0
+
+
+def test_value_propagation_on_a_cluster_is_off_by_default_and_refused_when_asked() -> None:
+    """A cluster cannot write a key and publish its value in one atomic step: unset means 0
+    there, and asking for values is a ValueError before any I/O."""
+    from tiercache.options import Settings
+
+    assert Settings.build(cluster=True).propagate_values == 0
+    assert Settings.build(cluster=True, propagate_values=0).propagate_values == 0
+    with pytest.raises(ValueError, match="propagate_values needs a single Redis server"):
+        Settings.build(cluster=True, propagate_values=4096)

@@ -613,16 +613,35 @@ def _bumps_then_publishes(exporter: InMemorySpanExporter, span: ReadableSpan) ->
 
 
 def test_set_span(make_cache: MakeCache, exporter: InMemorySpanExporter, namespace: str) -> None:
-    """set: a ``tiercache.set`` root over one round trip, a pipeline of the SET and the
-    PUBLISH that follows it (a batch of mixed commands is ``PIPELINE`` in the conventions)."""
+    """set: a ``tiercache.set`` root over one round trip. By default (values sent with the
+    message) that is one script writing and publishing atomically, ``EVALSHA set_publish``."""
     cache = make_cache()
     cache.get("warm")
     exporter.clear()
     cache.set("k", 1)
     span = _root(exporter, tel.SPAN_SET, namespace)
     assert attrs(span) == {tel.ATTR_NAMESPACE: namespace}
-    assert "PIPELINE" in _redis_children(exporter, span)
-    assert not {"SET", "PUBLISH"} & _redis_children(exporter, span)  # not two round trips
+    children = _redis_children(exporter, span)
+    assert "EVALSHA set_publish" in children
+    assert not {"SET", "PUBLISH", "PIPELINE"} & children  # one round trip for the write
+    script = child(exporter, span, "EVALSHA set_publish")
+    assert attrs(script)["db.operation.name"] == "EVALSHA"
+    assert attrs(script)["db.stored_procedure.name"] == "set_publish"
+
+
+def test_set_span_invalidating_only(
+    make_cache: MakeCache, exporter: InMemorySpanExporter, namespace: str
+) -> None:
+    """set with ``propagate_values=0``: a pipeline of the SET and the PUBLISH that follows it
+    (a batch of mixed commands is ``PIPELINE`` in the conventions), one round trip."""
+    cache = make_cache(propagate_values=0)
+    cache.get("warm")
+    exporter.clear()
+    cache.set("k", 1)
+    span = _root(exporter, tel.SPAN_SET, namespace)
+    children = _redis_children(exporter, span)
+    assert "PIPELINE" in children
+    assert not {"SET", "PUBLISH"} & children  # not two round trips
     set_span = child(exporter, span, "PIPELINE")
     assert attrs(set_span)["db.operation.name"] == "PIPELINE"
     assert attrs(set_span)[tel.ATTR_OPERATION] == "PIPELINE"
@@ -631,18 +650,18 @@ def test_set_span(make_cache: MakeCache, exporter: InMemorySpanExporter, namespa
 def test_set_many_span(
     make_cache: MakeCache, exporter: InMemorySpanExporter, namespace: str
 ) -> None:
-    """set_many: ``tiercache.set_many`` with the number of keys, over SET and PUBLISH."""
-    cache = make_cache()
-    cache.get("warm")
-    exporter.clear()
-    cache.set_many({"a": 1, "b": 2, "c": 3})
-    span = _root(exporter, tel.SPAN_SET_MANY, namespace)
-    assert attrs(span) == {tel.ATTR_NAMESPACE: namespace, tel.ATTR_KEY_COUNT: 3}
-    # Three SETs and their PUBLISH in one pipelined round trip: a batch of mixed commands.
-    assert "PIPELINE" in _redis_children(exporter, span)
-    assert "PUBLISH" not in _redis_children(exporter, span)
-    pipelined = child(exporter, span, "PIPELINE")
-    assert attrs(pipelined)["db.operation.name"] == "PIPELINE"
+    """set_many: ``tiercache.set_many`` with the number of keys, over one round trip: the
+    three SETs and their PUBLISH in one script (values on, the default) or one pipeline."""
+    for options, operation in (({}, "EVALSHA set_publish"), ({"propagate_values": 0}, "PIPELINE")):
+        cache = make_cache(**options)
+        cache.get("warm")
+        exporter.clear()
+        cache.set_many({"a": 1, "b": 2, "c": 3})
+        span = _root(exporter, tel.SPAN_SET_MANY, namespace)
+        assert attrs(span) == {tel.ATTR_NAMESPACE: namespace, tel.ATTR_KEY_COUNT: 3}
+        children = _redis_children(exporter, span)
+        assert operation in children
+        assert not {"SET", "PUBLISH"} & children
 
 
 def test_delete_span(make_cache: MakeCache, exporter: InMemorySpanExporter, namespace: str) -> None:
