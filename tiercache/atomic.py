@@ -110,20 +110,30 @@ class Atomic:
         try:
             self._replay()
             for _ in range(_ATTEMPTS):
-                blob, found = self._read(reader, coherence, key)
-                if isinstance(found, Hit):
-                    return False
-                stamp = coherence.stamp(tags)
-                life = self._lifetimes.write(ttl)
-                new = self._codec.frame(prepared, life.expires_at, stamp.ns_version, stamp.tags)
-                if coherence.leases.replace(reader.rkey(key), blob, new, life.px_ms):
-                    coherence.publish_keys([key])
-                    self._counters.sets += 1
-                    l1_ttl = self._lifetimes.after_write(ttl, stamp.learned_at)
-                    self._l1.fill(
-                        key, value, l1_ttl, tags=tags, stale_for=life.stale_for, size=len(new)
-                    )
-                    return True
+                # Taken before the write, as `set` does: another instance's write heard
+                # meanwhile may be the newer one, and then our value must not replace it.
+                with self._l1.ticket(key) as ticket:
+                    blob, found = self._read(reader, coherence, key)
+                    if isinstance(found, Hit):
+                        return False
+                    stamp = coherence.stamp(tags)
+                    life = self._lifetimes.write(ttl)
+                    new = self._codec.frame(prepared, life.expires_at, stamp.ns_version, stamp.tags)
+                    if coherence.leases.replace(reader.rkey(key), blob, new, life.px_ms):
+                        coherence.publish_keys([key])
+                        self._counters.sets += 1
+                        l1_ttl = self._lifetimes.after_write(ttl, stamp.learned_at)
+                        self._l1.fill(
+                            key,
+                            value,
+                            l1_ttl,
+                            ticket,
+                            tags=tags,
+                            stale_for=life.stale_for,
+                            size=len(new),
+                            write=True,
+                        )
+                        return True
         except L2Error as exc:
             self._failed(key, exc)
             return False

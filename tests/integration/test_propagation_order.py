@@ -7,7 +7,9 @@ anything past a packet) can have another client's commands run between its ``SET
 ``PUBLISH``. Then the message order is no longer the write order, and a receiver that keeps
 the value it is sent keeps the older one. Here the writer's connection sends each command of
 a pipeline on its own and, between them, waits until Redis ran the first one and lets
-another instance write the same key: the worst case, made certain.
+another instance write the same key: the worst case, made certain. The writer's own L1 is
+held to the same rule: a value it wrote must not replace a newer one it heard of meanwhile
+(``set`` and ``add``).
 """
 
 from __future__ import annotations
@@ -63,9 +65,12 @@ def caches(redis_server: RedisServer, namespace: str) -> Iterator[dict[str, Any]
 
     def between() -> None:
         # The writer's first command is on the wire: wait until Redis ran it, then let
-        # another instance write the key, the whole set, message included.
+        # another instance write the key, the whole set, message included, and wait until
+        # the writer heard of it (its listener runs while its request thread is held here).
         assert wait_until(lambda: b"from-a" in (raw.get(rkey) or b"")), "A's SET never ran"
+        heard = _heard(made[0])[0]
         made[1].set("k", "from-b")
+        assert wait_until(lambda: _heard(made[0])[0] > heard), "A never heard B's set"
 
     cls = _splitting_connection(b"from-a", between)
     pool = redis.ConnectionPool(connection_class=cls, host="127.0.0.1", port=redis_server.port)
@@ -126,3 +131,20 @@ def test_a_write_racing_another_on_the_wire_leaves_every_l1_with_what_redis_hold
         truth = fresh.get("k")  # an empty L1: what Redis holds
     assert truth in ("from-a", "from-b")
     assert {"a": a.get("k"), "b": b.get("k"), "c": c.get("k")} == dict.fromkeys("abc", truth)
+
+
+def test_an_add_racing_a_set_on_the_wire_leaves_the_adder_with_what_redis_holds(
+    caches: dict[str, Any],
+) -> None:
+    """A adds k (absent); right after A's compare-and-set ran, B sets k and A hears it
+    before its add returns: A must not put its own value back over B's newer one."""
+    a, b, c = caches["make"](4096)
+    for cache in (a, b, c):
+        subscribed(cache, probe=True)
+    a.add("other", "warm")  # whatever A's add runs is loaded on the server now
+    caches["cls"].armed = True
+    assert a.add("k", "from-a")
+    assert not caches["cls"].armed, "the adder's write was never sent"
+    with TierCache(caches["raw"], namespace=a.namespace) as fresh:
+        assert fresh.get("k") == "from-b"  # B's set ran after A's add
+    assert a.get("k") == "from-b"
