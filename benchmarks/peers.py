@@ -1047,7 +1047,18 @@ def analyze_throughput(replies: list[dict[str, Any]], commands: dict[str, int]) 
 
 
 def _sum_stats(stats: list[dict[str, int]]) -> dict[str, int]:
-    keys = ("l1_hits", "l1_misses", "l2_hits", "l2_misses", "loads", "lease_waits", "l1_flushes")
+    keys = (
+        "l1_hits",
+        "l1_misses",
+        "l2_hits",
+        "l2_misses",
+        "loads",
+        "lease_waits",
+        "lease_wakeups",
+        "lease_timeouts",
+        "values_received",
+        "l1_flushes",
+    )
     return {k: sum(int(s.get(k, 0)) for s in stats) for k in keys if any(k in s for s in stats)}
 
 

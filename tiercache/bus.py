@@ -40,7 +40,10 @@ class InvalidationBus(Protocol):
     """The bus as the rest of the cache sees it."""
 
     def publish_keys(
-        self, keys: list[str], send: Callable[[str, bytes], object] | None = None
+        self,
+        keys: list[str],
+        send: Callable[[str, bytes], object] | None = None,
+        numbered: Callable[[int], None] | None = None,
     ) -> int:
         """Tell the other instances these keys changed (raises `L2Error`)."""
         ...
@@ -54,8 +57,13 @@ class InvalidationBus(Protocol):
         """Tell the other instances these keys were written, values included."""
         ...
 
-    def publish_ready(self, keys: list[str]) -> int:
+    def publish_ready(self, keys: list[str]) -> None:
         """Wake the processes waiting for these keys' leases."""
+        ...
+
+    def ready_message(self, key: str, entry: bytes | None) -> tuple[str, bytes] | None:
+        """``(channel, message)`` of a READY for ``key`` carrying ``entry``, for a lease
+        write to publish in its own atomic step; None where that cannot be done."""
         ...
 
     def publish_clear(self, ns_version: int) -> None:
@@ -127,12 +135,15 @@ class Bus:
         self.publisher.publish(op, data)
 
     def publish_keys(
-        self, keys: list[str], send: Callable[[str, bytes], object] | None = None
+        self,
+        keys: list[str],
+        send: Callable[[str, bytes], object] | None = None,
+        numbered: Callable[[int], None] | None = None,
     ) -> int:
         """Tell the other instances these keys changed (raises `L2Error`); ``send``: a
-        write that publishes the message in its own round trip (`Publisher.publish`).
-        Returns the message's number."""
-        return self.publisher.publish(OP_KEYS, keys, send)
+        write that publishes the message in its own round trip, ``numbered``: told the
+        message's number before it is sent (`Publisher.publish`). Returns the number."""
+        return self.publisher.publish(OP_KEYS, keys, send, numbered)
 
     def publish_values(
         self,
@@ -145,9 +156,18 @@ class Bus:
         message's number before it is sent (`Publisher.publish`)."""
         return self.publisher.publish(OP_VALUES, pairs, send, numbered)
 
-    def publish_ready(self, keys: list[str]) -> int:
-        """Tell the processes waiting for these keys' leases that their holder is done."""
-        return self.publisher.publish(OP_READY, keys)
+    def publish_ready(self, keys: list[str]) -> None:
+        """Tell the processes waiting for these keys' leases that their holder is done
+        (unnumbered: `Publisher.unnumbered`)."""
+        self.publisher.publish_unnumbered(OP_READY, [[key, None] for key in keys])
+
+    def ready_message(self, key: str, entry: bytes | None) -> tuple[str, bytes] | None:
+        """``(channel, message)`` of a READY for ``key`` carrying ``entry`` (the bytes its
+        holder writes, or None), for the lease write to publish in the same atomic step;
+        None with sharded pub/sub, whose channel depends on the key's slot."""
+        if isinstance(self.publisher, ShardedPublisher):
+            return None
+        return self.channel, self.publisher.unnumbered(OP_READY, [[key, entry]])
 
     def publish_clear(self, ns_version: int) -> None:
         """Tell the other instances the namespace was cleared (raises `L2Error`)."""

@@ -125,20 +125,29 @@ class Coherence:
         Raises L2Error."""
         l2 = self.l2
         propagation = self.propagation
-        if propagation is None or not propagation.max_value_bytes:
-            if l2.cluster:  # keys span nodes: a pipeline would not order the PUBLISH after them
-                l2.set_many(rows)
-                self.bus.publish_keys(keys)
-                return
-            self.bus.publish_keys(keys, lambda channel, raw: l2.set_many(rows, (channel, raw)))
+        if l2.cluster:  # keys span nodes: a pipeline would not order the PUBLISH after them
+            l2.set_many(rows)
+            self.bus.publish_keys(keys)
             return
-        # The keys are ours from before the write: a message of another instance heard
-        # before our own echo comes back is older than our write (`propagation.py`).
+        if propagation is None or not propagation.max_value_bytes:
+            send = lambda channel, raw: l2.set_many(rows, (channel, raw))  # noqa: E731
+            self.bus.publish_keys(keys, send, self._ours(keys))
+            return
         self.bus.publish_values(
             propagation.message(keys, rows),
             lambda channel, raw: l2.set_many_and_publish(rows, (channel, raw)),
-            lambda seq: propagation.written(keys, seq),
+            self._ours(keys),
         )
+
+    def _ours(self, keys: list[str]) -> Callable[[int], None] | None:
+        """What tells `Propagation` that our message ``seq`` will write ``keys``, before it
+        is sent: a value another instance sent for them, heard before our own echo comes
+        back, is older than our write and must only drop them (`propagation.py`). Also
+        when this instance sends no values: it may still receive some."""
+        propagation = self.propagation
+        if propagation is None:
+            return None
+        return lambda seq: propagation.written(keys, seq)
 
     def delete_and_publish(self, keys: list[str], rkeys: list[str]) -> None:
         """``UNLINK`` ``rkeys`` and tell the other instances that ``keys`` changed, in one
@@ -148,7 +157,8 @@ class Coherence:
             l2.delete(rkeys)
             self.bus.publish_keys(keys)
             return
-        self.bus.publish_keys(keys, lambda channel, raw: l2.delete(rkeys, (channel, raw)))
+        send = lambda channel, raw: l2.delete(rkeys, (channel, raw))  # noqa: E731
+        self.bus.publish_keys(keys, send, self._ours(keys))
 
     def publish_clear(self, ns_version: int) -> None:
         """Tell the other instances the namespace was cleared (raises L2Error)."""
@@ -171,9 +181,19 @@ class Coherence:
             return
         self.propagation.apply(pairs, self.validate)
 
-    def apply_ready(self, keys: list[str]) -> None:
-        """A lease holder is done with these keys: wake this instance's waiters."""
-        self.lease_waits.wake(keys)
+    def apply_ready(self, pairs: list[list[object]]) -> None:
+        """A lease holder is done with these keys: wake this instance's waiters, after
+        keeping in L1 the value it sent for a key someone here waits for (it wrote those
+        bytes in the same atomic step as the message, so they are the key's value at this
+        point of the channel's order, as a set's are; a waiter then needs no Redis read)."""
+        waits = self.lease_waits
+        keys = [str(key) for key, _ in pairs]
+        propagation = self.propagation
+        if propagation is not None and propagation.max_value_bytes:
+            sent = [pair for pair in pairs if pair[1] is not None and waits.waiting(str(pair[0]))]
+            if sent:
+                propagation.apply(sent, self.validate)
+        waits.wake(keys)
 
     def own_echo(self, seq: int) -> None:
         """Our own message ``seq`` came back."""

@@ -9,6 +9,7 @@ payload is checked before it touches L1:
 * each publisher numbers its messages: the first one heard from a publisher sets its
   baseline, an old or repeated number is ignored, and a skipped number (a gap) means a
   message never reached us, so all of L1 is flushed, since we cannot know which keys it held;
+* READY messages are not numbered (a lost one only delays waiters, who poll as a bound);
 * everything else is applied to the cache through its `Receiver`.
 """
 
@@ -59,8 +60,9 @@ class Receiver(Protocol):
     def own_echo(self, seq: int) -> None:
         """Our own message number ``seq`` came back: everything before it was heard."""
 
-    def apply_ready(self, keys: list[str]) -> None:
-        """A lease holder is done with these keys: wake the callers waiting for them."""
+    def apply_ready(self, pairs: list[list[object]]) -> None:
+        """A lease holder is done with these keys (``[key, entry or None]``, the entry it
+        wrote if sent along): wake the callers waiting for them."""
 
 
 class Inbox:
@@ -106,6 +108,14 @@ class Inbox:
                 self.channel,
                 exc,
             )
+            return False
+        if message.seq == 0:
+            # Unnumbered (a READY): a wake-up outside the publisher's numbering, so it
+            # neither sets nor checks the origin's sequence.
+            if message.origin == self._instance_id:
+                health.ignored += 1
+            else:
+                self._apply(message)
             return False
         if message.origin == self._instance_id:
             health.ignored += 1

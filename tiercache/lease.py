@@ -62,24 +62,39 @@ local function ours(cur, placeholder)
 end
 """
 
+# With ARGV[4] (a channel) and ARGV[5] (a READY message), waiters are told in the same
+# atomic step: one round trip less, and the READY may carry the value it follows.
 _WRITE = (
     _OURS
     + """
 local mine = ours(redis.call('GET', KEYS[1]), ARGV[1])
 if mine > 0 then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  if mine == 2 and ARGV[5] then
+    redis.call('PUBLISH', ARGV[4], ARGV[5])
+  end
 end
 return mine
 """
 )
 
 # "The value, or the lease": a read that expects a miss takes the lease in the same round
-# trip when the key holds nothing (1), else returns what it holds.
+# trip when the key holds nothing (1), else returns what it holds; when that is another
+# process's lease placeholder, the caller is registered as its waiter first (as _WAIT
+# does), so waiting for it costs no round trip of its own.
 _GET_OR_LEASE = """
 local cur = redis.call('GET', KEYS[1])
 if cur == false then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
+end
+local flags = string.byte(cur, 2) or 0
+if #cur >= 2 and flags % 16 >= 8 and flags < 16 then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then
+    cur = string.sub(cur, 1, 1) .. string.char(flags + 16) .. string.sub(cur, 3)
+    redis.call('SET', KEYS[1], cur, 'PX', ttl)
+  end
 end
 return cur
 """
@@ -178,10 +193,22 @@ class Leases:
         with contextlib.suppress(L2Error):
             self._l2.delete([lock_key])
 
-    def write(self, rkey: str, placeholder: bytes, blob: bytes, ttl_ms: int) -> int:
+    def write(
+        self,
+        rkey: str,
+        placeholder: bytes,
+        blob: bytes,
+        ttl_ms: int,
+        ready: tuple[str, bytes] | None = None,
+    ) -> int:
         """Store ``blob`` if the lease is still ours: 0 if it was not stored, 1 if it was,
-        2 if it was and processes registered to wait for it (tell them: `Bus.publish_ready`)."""
-        done = self._l2.run(self._write, "lease write", rkey, placeholder, blob, max(1, ttl_ms))
+        2 if it was and processes registered to wait for it. With ``ready`` (channel,
+        message), that message is published to them in the same atomic step; without it,
+        tell them yourself (`Bus.publish_ready`)."""
+        args: list[bytes | str | int] = [placeholder, blob, max(1, ttl_ms)]
+        if ready is not None:
+            args += ready
+        done = self._l2.run(self._write, "lease write", rkey, *args)
         return int(done or 0)
 
     def release(self, rkey: str, placeholder: bytes, restore: bytes = b"", ttl_ms: int = 0) -> int:
@@ -199,7 +226,8 @@ class Leases:
     def get_or_lease(self, rkey: str, ttl_ms: int) -> tuple[bytes, bool]:
         """What ``rkey`` holds, or, when it holds nothing, the placeholder of the lease now
         taken on it, and whether it was taken (one round trip: a load after a miss costs
-        one less)."""
+        one less). When it holds another process's lease, the caller is registered as its
+        waiter (`wait_for`) in the same round trip."""
         placeholder = lease_placeholder(os.urandom(LEASE_TOKEN_SIZE))
         found = self._l2.run(self._get_or_lease, "get or lease", rkey, placeholder, max(1, ttl_ms))
         if found == 1:

@@ -59,7 +59,7 @@ class LeaseWriter:
 class Load:
     """One load of one key by the single-flight leader (see the module docstring)."""
 
-    __slots__ = ("_loads", "first", "key", "loader", "tags", "ttl", "writer")
+    __slots__ = ("_loads", "first", "key", "loader", "registered_at", "tags", "ttl", "writer")
 
     def __init__(
         self,
@@ -70,6 +70,8 @@ class Load:
         tags: list[str],
         first: Read | None,
         writer: LeaseWriter | None = None,
+        *,
+        registered_at: float | None = None,
     ) -> None:
         self._loads = loads
         #: A lease the caller took while reading (`Loads._get_or_lease`), until a load
@@ -81,6 +83,9 @@ class Load:
         self.tags = tags
         #: What the caller read from L2 just before single-flight (None: not read).
         self.first = first
+        #: When that read registered the caller as a waiter on a lease it found
+        #: (`Leases.get_or_lease` does; `time.monotonic`), or None if it did not.
+        self.registered_at = registered_at
 
     def run(self) -> Any:
         """Run under single-flight: L1 again, a held stale value, else a load."""
@@ -125,7 +130,9 @@ class Load:
         rkey = reader.rkey(self.key)
         started = time.monotonic()
         pause = _LEASE_POLL_FIRST
-        waited = registered = False
+        waited = False
+        registered_at = self.registered_at
+        registered = registered_at is not None
         stamp: Stamp | None = None
         first, self.first = self.first, _NOT_READ
         while first is not _NOT_READ or invalidations.usable():
@@ -154,6 +161,7 @@ class Load:
                     continue
                 if not registered:
                     registered = True
+                    registered_at = time.monotonic()
                     try:
                         state = coherence.leases.wait_for(rkey)
                     except L2Error:
@@ -165,8 +173,18 @@ class Load:
                         continue
                 # Woken by the holder's READY; the bound covers a lost message.
                 remaining = settings.lease_wait - elapsed
-                if coherence.lease_waits.wait(self.key, min(remaining, _READY_WAIT)):
+                # A READY heard since we registered, before this wait, counts too.
+                woken = coherence.lease_waits.wait(
+                    self.key, min(remaining, _READY_WAIT), since=registered_at
+                )
+                if woken:
                     loads.counters.lease_wakeups += 1
+                    # The READY may have carried the value, now in L1: no read needed.
+                    entry = loads.l1.get(self.key)
+                    if entry is not None:
+                        loads.counters.l1_hits += 1
+                        loads.telemetry.answered("l1", "hit")
+                        return entry[0]
                 continue
             keep, keep_ms = b"", 0
             seen: bytes | None = None

@@ -22,6 +22,7 @@ A load that overran its timeout finishes on a background worker and still fills 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -45,6 +46,7 @@ from .reading import (
     Fallback,
     Hit,
     L2Reader,
+    Leased,
     Read,
 )
 from .refresh import Refresher
@@ -128,6 +130,7 @@ class Loads:
         self.counters.l1_misses += 1
         first: Read | None = _NOT_READ
         writer: LeaseWriter | None = None
+        registered_at: float | None = None
         reader = self.reader
         if reader is not None and not self.l1.held_value(key)[0]:
             assert self.invalidations is not None
@@ -140,13 +143,17 @@ class Loads:
                     if self.l1.take_invalidated(key):
                         # Invalidated lately: Redis likely holds nothing either. Ask for "the
                         # value, or the lease" in one round trip (a plain GET costs less, so
-                        # only here): a load then costs two round trips, not three.
+                        # only here): a load then costs two round trips, not three, and a
+                        # lease found there registers us as its waiter in the same trip.
+                        asked = time.monotonic()
                         first, writer = self._get_or_lease(key, tags)
+                        if isinstance(first, Leased):
+                            registered_at = asked
                     else:
                         first = reader.read(key)
                     if isinstance(first, Hit):
                         return self.serve_hit(key, loader, ttl, tags, first, ticket)
-        load = Load(self, key, loader, ttl, tags, first, writer)
+        load = Load(self, key, loader, ttl, tags, first, writer, registered_at=registered_at)
         try:
             value, leader = self.flight.run(key, load.run, load.give_back)
         except Exception:
@@ -339,9 +346,15 @@ class Loads:
         self.l1.fill(key, value, life.l1_ttl, ticket, tags, life.stale_for, size)
 
     def _write_with_lease(self, writer: LeaseWriter, blob: bytes, ttl_ms: int) -> None:
-        assert self.coherence is not None
+        coherence = self.coherence
+        assert coherence is not None
+        # Waiters, if any, are told by the write itself; a small value goes with the
+        # message, so they need no read of their own (`Coherence.apply_ready`).
+        propagation = coherence.propagation
+        small = propagation is not None and len(blob) <= propagation.max_value_bytes
+        ready = coherence.bus.ready_message(writer.key, blob if small else None)
         try:
-            done = self.coherence.leases.write(writer.rkey, writer.placeholder, blob, ttl_ms)
+            done = coherence.leases.write(writer.rkey, writer.placeholder, blob, ttl_ms, ready)
         except L2Error as exc:
             self.counters.l2_write_errors += 1
             self.l2_log.warning("write", "tiercache: L2 write failed: %s", exc)
@@ -349,7 +362,7 @@ class Loads:
         if not done:
             # set()/delete() revoked the lease, or the load outlived it.
             self.counters.lease_lost += 1
-        elif done == _WAITED_FOR:
+        elif done == _WAITED_FOR and ready is None:
             self._ready(writer)
 
     def abort(self, writer: LeaseWriter) -> None:

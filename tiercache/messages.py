@@ -4,7 +4,9 @@
 
     origin  16 bytes   the publishing TierCache instance (a new id after a fork)
     seq     int >= 1   per-origin sequence number, assigned in publish order; a receiver
-                       that sees a gap knows it lost a message and flushes its L1
+                       that sees a gap knows it lost a message and flushes its L1;
+                       0 on OP_READY, which is not numbered (a wake-up, not an
+                       invalidation: losing one delays waiters, never misleads them)
     op      int        OP_KEYS: data = [key, ...]          drop those L1 entries
                        OP_CLEAR: data = namespace version   drop all L1 entries
                        OP_TAGS: data = {tag: version}       drop L1 entries with those tags
@@ -14,9 +16,11 @@
                                   payload) for a small value, which receivers put in
                                   L1 in message order; nil for a value sent as a
                                   plain invalidation
-                       OP_READY: data = [key, ...]          a lease holder is done with
+                       OP_READY: data = [[key, entry], ...]  a lease holder is done with
                                   these keys (written or given back): wake the
-                                  callers waiting for them
+                                  callers waiting for them; ``entry`` is the bytes
+                                  it wrote, for a small value written in the same
+                                  atomic step as this message (nil otherwise)
 
 Versions are integers from 0 to ``MAX_VERSION`` (2**53 - 1, see ``entry.py``); a message
 carrying any other is undecodable: learning it would make every entry look stale.
@@ -117,13 +121,13 @@ def decode_message(raw: object) -> Message:
         raise MessageError(f"unknown message version {version!r}")
     if not isinstance(origin, bytes) or len(origin) != ORIGIN_SIZE:
         raise MessageError(f"bad origin, seq or op: origin must be {ORIGIN_SIZE} bytes")
-    if type(seq) is not int or seq < 1 or type(op) is not int or op not in _OPS:
-        raise MessageError("bad origin, seq or op: seq must be an int >= 1, op a known int")
-    if op in (OP_KEYS, OP_READY) and not (
-        isinstance(data, list) and all(type(k) is str for k in data)
-    ):
-        raise MessageError("OP_KEYS and OP_READY data must be a list of str")
-    if op == OP_VALUES and not (
+    if type(op) is not int or op not in _OPS or type(seq) is not int:
+        raise MessageError("bad origin, seq or op: seq must be an int, op a known int")
+    if seq < (0 if op == OP_READY else 1):
+        raise MessageError("bad origin, seq or op: seq must be >= 1 (>= 0 on OP_READY)")
+    if op == OP_KEYS and not (isinstance(data, list) and all(type(k) is str for k in data)):
+        raise MessageError("OP_KEYS data must be a list of str")
+    if op in (OP_VALUES, OP_READY) and not (
         isinstance(data, list)
         and all(
             isinstance(pair, list)
@@ -133,7 +137,7 @@ def decode_message(raw: object) -> Message:
             for pair in data
         )
     ):
-        raise MessageError("OP_VALUES data must be a list of [str, bytes or nil]")
+        raise MessageError("OP_VALUES and OP_READY data must be a list of [str, bytes or nil]")
     if op == OP_CLEAR and not _is_version(data):
         raise MessageError(f"OP_CLEAR data must be an int from 0 to {MAX_VERSION}")
     if op == OP_TAGS and not (

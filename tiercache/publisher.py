@@ -70,3 +70,17 @@ class Publisher:
             if op == OP_PROBE:
                 health.probes_sent += 1
             return self._seq
+
+    def unnumbered(self, op: int, data: Any) -> bytes:
+        """The message ``op``/``data`` with number 0, outside this instance's numbering:
+        for a READY wake-up, whose loss must not look like a lost invalidation."""
+        return encode_message(self.instance_id, 0, op, data)
+
+    def publish_unnumbered(self, op: int, data: Any) -> None:
+        """Publish an `unnumbered` message; raises `L2Error` on failure."""
+        try:
+            self._redis.publish(self.channel, self.unnumbered(op, data))
+        except L2Error:
+            self._health.publish_errors += 1
+            raise
+        self._health.sent += 1

@@ -92,6 +92,15 @@ class ShardedPublisher:
         self.channel = channel
         self._rkey = rkey
 
+    def unnumbered(self, op: int, data: Any) -> bytes:
+        """As `Publisher.unnumbered`."""
+        return self._publishers[0].unnumbered(op, data)
+
+    def publish_unnumbered(self, op: int, data: Any) -> None:
+        """As `Publisher.publish_unnumbered`, on the first channel (every receiver listens
+        on every channel)."""
+        self._publishers[0].publish_unnumbered(op, data)
+
     def publish(
         self,
         op: int,

@@ -95,7 +95,8 @@ def test_a_receivers_load_in_flight_does_not_overwrite_a_propagated_value(make_c
 
 def test_a_lease_waiter_is_woken_by_the_holders_ready_message(make_cache) -> None:
     """B finds A loading k (A holds the lease) and waits; A's write tells B at once (READY,
-    sent because B registered), and B serves A's value without loading."""
+    sent because B registered, in the same atomic step as the write), and B serves A's
+    value without loading; with values on, the READY carries it: no Redis read either."""
     a, b = make_cache(), make_cache()
     subscribed(a, probe=True)
     subscribed(b, probe=True)
@@ -114,12 +115,17 @@ def test_a_lease_waiter_is_woken_by_the_holders_ready_message(make_cache) -> Non
     worker_b = threading.Thread(target=lambda: results.append(b.get_or_set("k", loader_b)))
     worker_b.start()
     assert wait_until(lambda: b.stats()["lease_waits"] == 1)
+    before = b.stats()
     release.set()
     worker_a.join(WAIT)
     worker_b.join(WAIT)
     assert results == ["from A"]
     assert loader_b.calls == 0
-    assert b.stats()["lease_wakeups"] == 1
+    after = b.stats()
+    assert after["lease_wakeups"] == 1
+    if b.settings.propagate_values:
+        assert after["values_received"] == before["values_received"] + 1
+        assert after["l2_hits"] == before["l2_hits"]  # the value came with the READY
 
 
 def test_a_failed_load_wakes_its_waiters_who_then_load(make_cache) -> None:

@@ -417,7 +417,7 @@ class NullReceiver:
     def own_echo(self, seq: int) -> None:
         """Nothing was written."""
 
-    def apply_ready(self, keys: list[str]) -> None:
+    def apply_ready(self, pairs: list[list[object]]) -> None:
         """Nobody waits."""
 
 

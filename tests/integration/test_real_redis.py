@@ -177,7 +177,8 @@ def test_reads_degrade_to_the_loader_while_redis_is_killed_and_recover_after_res
     the bus was lost are not served (guarantee 2), entries stored meanwhile are; after a
     restart L2 is used again without any call to reconnect."""
     server = fresh_redis_server
-    writer = TierCache.from_url(server.url, namespace=namespace)
+    # The writer sends no values: the reader's read of "after" must go to Redis.
+    writer = TierCache.from_url(server.url, namespace=namespace, propagate_values=0)
     reader = TierCache.from_url(server.url, namespace=namespace)
     try:
         writer.set("before", 1)
@@ -311,6 +312,72 @@ def test_a_load_after_a_delete_costs_two_round_trips(
             monkeypatch.undo()
         mine = [ident for ident in sent if ident == threading.get_ident()]
     assert len(mine) == 2
+
+
+def _wait_behind_a_slow_load(a: TierCache, b: TierCache, key: str, sent: list[int]) -> int:
+    """A deletes ``key`` and loads it slowly; B asks for it meanwhile and waits. Returns how
+    many commands B's thread sent (``sent`` collects the sending threads' idents)."""
+    import threading
+
+    from tests.support import WAIT
+
+    a.set(key, 0)
+    assert b.get(key) == 0
+    heard = b.stats()["bus_received"]
+    a.delete(key)
+    assert wait_until(lambda: b.stats()["bus_received"] > heard)  # B knows k changed
+    entered, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        entered.set()
+        release.wait(WAIT)
+        return "from A"
+
+    loading = threading.Thread(target=lambda: a.get_or_set(key, slow))
+    loading.start()
+    assert entered.wait(WAIT)
+    waits = b.stats()["lease_waits"]
+    results: list[Any] = []
+    waiter = threading.Thread(target=lambda: results.append(b.get_or_set(key, Loader("B"))))
+    sent.clear()
+    waiter.start()
+    assert wait_until(lambda: b.stats()["lease_waits"] > waits)
+    release.set()
+    loading.join(WAIT)
+    waiter.join(WAIT)
+    assert results == ["from A"]
+    return sent.count(waiter.ident or 0)
+
+
+def test_a_waiter_in_another_process_costs_one_round_trip(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a delete, B asks "the value, or the lease" and finds A loading: that same
+    script registers B as a waiter, and A's lease write sends B the value with its READY.
+    B's thread makes one round trip in all (it used to be three: the script, the waiter
+    registration, and a GET after the READY)."""
+    import threading
+
+    import redis.connection
+
+    from tests.support import subscribed
+
+    sent: list[int] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(threading.get_ident())
+        return send(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    with (
+        TierCache.from_url(redis_server.url, namespace=namespace) as a,
+        TierCache.from_url(redis_server.url, namespace=namespace) as b,
+    ):
+        subscribed(a, probe=True)
+        subscribed(b, probe=True)
+        _wait_behind_a_slow_load(a, b, "k0", sent)  # loads the scripts into the server
+        assert _wait_behind_a_slow_load(a, b, "k1", sent) == 1
 
 
 def test_a_refused_subscription_message_reads_cleanly(

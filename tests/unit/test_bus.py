@@ -21,6 +21,7 @@ from tiercache.messages import (
     OP_CLEAR,
     OP_KEYS,
     OP_PROBE,
+    OP_READY,
     OP_TAGS,
     decode_message,
     encode_message,
@@ -110,8 +111,8 @@ class RecordingReceiver:
     def own_echo(self, seq: int) -> None:
         self.calls.append(("echo", seq))
 
-    def apply_ready(self, keys: list[str]) -> None:
-        self.calls.append(("ready", keys))
+    def apply_ready(self, pairs: list[list[object]]) -> None:
+        self.calls.append(("ready", pairs))
 
 
 @pytest.fixture
@@ -234,6 +235,27 @@ def test_inbox_recognises_its_own_probe_and_ignores_its_own_echo() -> None:
 
     assert receiver.calls == [("echo", 1)]
     assert (health.received, health.ignored, health.undecodable) == (4, 3, 1)
+
+
+def test_an_unnumbered_ready_neither_sets_nor_breaks_an_origins_numbering() -> None:
+    """READY messages carry number 0: applied as they come, never a baseline, never a gap
+    (a lost READY only delays waiters), and our own are ignored."""
+    receiver, health = RecordingReceiver(), BusHealth()
+    inbox = _inbox(receiver, health)
+
+    inbox.on_message(encode_message(ORIGIN, 0, OP_READY, [["a", None]]))
+    inbox.on_message(encode_message(ORIGIN, 5, OP_KEYS, ["k5"]))
+    inbox.on_message(encode_message(ORIGIN, 0, OP_READY, [["b", b"entry"]]))
+    inbox.on_message(encode_message(ORIGIN, 6, OP_KEYS, ["k6"]))
+    inbox.on_message(encode_message(b"\x01" * 16, 0, OP_READY, [["mine", None]]))
+
+    assert receiver.calls == [
+        ("ready", [["a", None]]),
+        ("keys", ["k5"]),
+        ("ready", [["b", b"entry"]]),
+        ("keys", ["k6"]),
+    ]
+    assert (health.gaps, health.ignored) == (0, 1)
 
 
 def test_mark_answered_closes_an_open_breaker() -> None:

@@ -15,7 +15,9 @@ from tiercache.messages import (
     OP_CLEAR,
     OP_KEYS,
     OP_PROBE,
+    OP_READY,
     OP_TAGS,
+    OP_VALUES,
     Message,
     MessageError,
     channel_name,
@@ -48,6 +50,7 @@ def message(op: int, data: Any, *, seq: int = 1, version: Any = MESSAGE_VERSION)
         pytest.param(OP_TAGS, {"users": 3, "prices": 1}, id="tags"),
         pytest.param(OP_TAGS, {}, id="tags-empty"),
         pytest.param(OP_PROBE, bytes(range(100, 116)), id="probe"),
+        pytest.param(OP_READY, [["user:42", None], ["k", b"entry"]], id="ready"),
     ],
 )
 @pytest.mark.parametrize("seq", [1, 2**64 - 1])
@@ -254,3 +257,15 @@ def test_random_five_field_arrays_decode_or_raise_message_error_only(
 ) -> None:
     """Well-formed msgpack arrays with arbitrary field values decode or raise MessageError."""
     _decodes_or_message_error(packed(version, origin, seq, op, data))
+
+
+def test_ready_alone_may_be_unnumbered() -> None:
+    """A READY is a wake-up, not an invalidation: it may carry number 0 (outside its
+    publisher's numbering); any other op with 0 is refused."""
+    decoded = decode_message(encode_message(ORIGIN, 0, OP_READY, [["k", b"entry"]]))
+    assert decoded == Message(ORIGIN, 0, OP_READY, [["k", b"entry"]])
+    for op, data in ((OP_KEYS, ["k"]), (OP_VALUES, [["k", None]]), (OP_CLEAR, 1)):
+        with pytest.raises(MessageError, match=r"seq must be >= 1 \(>= 0 on OP_READY\)"):
+            decode_message(encode_message(ORIGIN, 0, op, data))
+    with pytest.raises(MessageError, match="data must"):
+        decode_message(encode_message(ORIGIN, 0, OP_READY, ["k"]))  # the old key-list form
