@@ -32,8 +32,9 @@ Workloads: 1 process x 1 thread and 4 processes x 2 threads, 1,000 keys, Zipf(1.
 precomputed per worker thread from a fixed seed (the same sequence for every peer), at 1%,
 0.1% and 0% writes (half ``set``, half ``delete``; ``--set-share`` changes the mix; reads are
 read-through). Before each timed phase the worker processes read every key once (L2 and L1
-warm), then a barrier starts them together. Per peer: throughput, p50/p99 per operation, Redis commands per operation (``INFO
-commandstats`` deltas of this benchmark's own server) and reads stale by more than 50 ms (a
+warm), then a barrier starts them together. Per peer: throughput, p50/p99 per operation,
+Redis commands per operation (``INFO commandstats`` deltas of this benchmark's own server;
+commands run inside a Lua script count too) and reads stale by more than 50 ms (a
 read is stale when a newer version of its key had finished being written before the read
 started; every write bumps the key's version in a shared "database" first, under a per-key
 lock, so versions follow write order). Peers run interleaved: every round runs each peer

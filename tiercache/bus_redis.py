@@ -26,6 +26,10 @@ class Subscription(Protocol):
         """The next message, confirmation or PONG, waiting up to ``timeout`` s; or None."""
         ...
 
+    def messages(self) -> list[dict[str, Any]]:
+        """Every message that has arrived, without waiting."""
+        ...
+
     def ping(self) -> None:
         """Send a PING; the PONG arrives as a message."""
         ...

@@ -26,8 +26,10 @@ they propagate unchanged and never count against the breaker.
 from __future__ import annotations
 
 import re
+import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any, Protocol, TypeVar
@@ -54,6 +56,7 @@ from redis.retry import Retry
 
 from .errors import CircuitOpenError, ConfigurationError, L2Error
 from .resilience import CLOSED, CircuitBreaker
+from .resp import PushReader
 from .shards import ShardedSubscriber, shard_channels
 from .telemetry import Telemetry
 
@@ -213,43 +216,73 @@ class Subscriber:
     messages published in between would be lost with no trace but one more ``subscribe``
     confirmation. Here a lost connection raises instead, so its owner notices the loss.
 
+    redis-py connects and sends the ``SUBSCRIBE``; what the server pushes back is read
+    from the socket by a `resp.PushReader` (about a quarter of the CPU per message of
+    redis-py's read path), unless the socket cannot be had, when redis-py reads it.
+
     Errors that reveal misconfiguration (`misconfiguration`) are raised as such; any other
     error means the subscription is lost. Not thread-safe: one reader at a time.
 
     Since: 0.2.0
     """
 
-    __slots__ = ("_db", "_pubsub")
+    __slots__ = ("_db", "_pending", "_pubsub", "_reader")
 
     def __init__(self, pubsub: Any, db: int) -> None:
         self._pubsub = pubsub
         self._db = db
+        # Read before redis-py read anything after the SUBSCRIBE it sent, so its parser
+        # holds nothing this reader would miss.
+        sock = _socket_of(pubsub)
+        self._reader: PushReader | None = None if sock is None else PushReader(sock)
+        self._pending: deque[dict[str, Any]] = deque()
 
     def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
         """The next message, confirmation or PONG (a dict as redis-py gives it), waiting up
         to ``timeout`` seconds; None if nothing came."""
+        reader = self._reader
         try:
-            message: dict[str, Any] | None = self._pubsub.get_message(timeout=timeout)
+            if reader is None:
+                message: dict[str, Any] | None = self._pubsub.get_message(timeout=timeout)
+                return message
+            if not self._pending:
+                self._pending.extend(reader.messages())
+                if not self._pending and timeout > 0 and reader.wait(timeout):
+                    self._pending.extend(reader.messages())
+            return self._pending.popleft() if self._pending else None
         except Exception as exc:
             raise _misconfigured_or(exc, self._db) from None
-        return message
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every message that has arrived, without waiting (``get_message`` until None)."""
+        if self._reader is None or self._pending:
+            found = []
+            while (message := self.get_message()) is not None:
+                found.append(message)
+            return found
+        try:
+            return self._reader.messages()
+        except Exception as exc:
+            raise _misconfigured_or(exc, self._db) from None
 
     def ping(self) -> None:
         """Send a PING; its PONG arrives later as a message (``type`` ``pong``)."""
         try:
-            self._pubsub.ping()
+            if self._reader is None:
+                self._pubsub.ping()
+                return
+            connection = self._pubsub.connection
+            # No health check of redis-py's own: it would read the PONG itself.
+            connection.send_packed_command(connection.pack_command("PING"), check_health=False)
         except Exception as exc:
             raise _misconfigured_or(exc, self._db) from None
 
     def fileno(self) -> int | None:
         """The connection's file descriptor, to wait for data with ``select.poll`` without
         reading; None when it cannot be had (then poll with ``get_message(timeout)``)."""
-        connection = getattr(self._pubsub, "connection", None)
-        # redis-py exposes no public way to get a connection's socket, and its can_read()
-        # reads into the parser's buffer, which only the reader holding the lock may do.
-        # ``Connection._sock`` is the one private attribute of redis-py that tiercache reads
-        # (tests/integration/test_subscriber.py pins it); without it the bus still works, polling.
-        sock = getattr(connection, "_sock", None)
+        if self._reader is not None:
+            return self._reader.fileno()
+        sock = _socket_of(self._pubsub)
         if sock is None:
             return None
         try:
@@ -263,6 +296,17 @@ class Subscriber:
         to close, and it is gone either way)."""
         with suppress(Exception):
             self._pubsub.close()
+
+
+def _socket_of(pubsub: Any) -> Any:
+    """The socket of a subscribed redis-py ``PubSub``, or None.
+
+    redis-py exposes no public way to get a connection's socket. ``Connection._sock`` is the
+    one private attribute of redis-py that tiercache reads (tests/integration/
+    test_subscriber.py pins it); without it the bus still works, through redis-py."""
+    sock = getattr(getattr(pubsub, "connection", None), "_sock", None)
+    # A real socket (TLS ones too); fakeredis' stand-in is read through redis-py.
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _misconfigured_or(exc: Exception, db: int) -> Exception:

@@ -22,8 +22,8 @@ applied invalidations at p50 3-5 ms, p99 10-18 ms after the PUBLISH; readers dra
 that to p50 ~0.45 ms. Readers only try the lock for a few milliseconds: a non-blocking
 try fails exactly when a message is in flight, because the listener then holds the lock
 while it waits for the GIL. A ``select.poll`` object is not shared between threads, and
-draining loops until nothing is left (hiredis may buffer a whole message that ``poll()``
-cannot see).
+a drain takes every complete message that has arrived in one read of the socket
+(`resp.PushReader`): what is left is part of a message, whose rest wakes ``poll()``.
 """
 
 from __future__ import annotations
@@ -259,10 +259,9 @@ class Listener:
             subscription.close()
 
     def _drain_locked(self, subscription: Subscription) -> None:
-        while True:
-            message = subscription.get_message(timeout=0)
-            if message is None:
-                return
+        # Everything that has arrived, in one read: what remains is an incomplete frame,
+        # and poll() wakes when the rest of it comes.
+        for message in subscription.messages():
             self._handle(message)
 
     def _handle(self, message: dict[str, Any] | None) -> None:

@@ -170,6 +170,13 @@ class ShardedSubscriber:
             self._on_lost()
             raise
 
+    def messages(self) -> list[dict[str, Any]]:
+        """Every message that has arrived, without waiting (``get_message`` until None)."""
+        found = []
+        while (message := self.get_message()) is not None:
+            found.append(message)
+        return found
+
     def _next(self, timeout: float) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout
         while True:

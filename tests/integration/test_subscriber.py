@@ -96,3 +96,30 @@ def test_killed_connection_raises_instead_of_resubscribing_silently(
         subscriber.close()
         admin.close()
         client.close()
+
+
+@pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+def test_messages_and_pongs_are_read_from_the_socket_in_either_protocol(
+    redis_server: RedisServer, protocol: int
+) -> None:
+    """After redis-py subscribes, tiercache reads the socket itself (RESP2 arrays or RESP3
+    pushes): confirmations, messages in publish order, and PONGs come through as before."""
+    client = redis_server.client(decode_responses=False, protocol=protocol)
+    tier = RedisTier(client)
+    subscriber = tier.subscribe(CHANNEL)
+    try:
+        _confirmed(subscriber)
+        for i in range(3):
+            assert tier.publish(CHANNEL, b"m%d" % i) == 1
+        got: list[bytes] = []
+        assert wait_until(
+            lambda: got.extend(m["data"] for m in subscriber.messages()) or len(got) == 3
+        )
+        assert got == [b"m0", b"m1", b"m2"]
+        subscriber.ping()
+        message = subscriber.get_message(timeout=WAIT)
+        assert message is not None
+        assert message["type"] == "pong"
+    finally:
+        subscriber.close()
+        client.close()

@@ -46,6 +46,12 @@ class FakeSubscription:
         except queue.Empty:
             return None
 
+    def messages(self) -> list[dict[str, Any]]:
+        found = []
+        while (message := self.get_message()) is not None:
+            found.append(message)
+        return found
+
     def ping(self) -> None:
         self.inbox.put({"type": "pong", "data": b""})
 
