@@ -318,9 +318,11 @@ class LocalTier:
 
         Without a ticket (a value known to be the newest) the store is unconditional and
         overtakes every load of the key still in flight. ``write``: a ``set`` by this
-        instance, with the ticket taken before its Redis write: stored only if nothing
-        overtook it meanwhile (another instance's write of the key, heard while ours was on
-        the wire, may be the newer one), and then it overtakes the loads in flight.
+        instance, with the ticket taken before its Redis write: stored if nothing overtook
+        it meanwhile, and then it overtakes the loads in flight; otherwise the key is
+        dropped (another instance's write heard while ours was on the wire may be older or
+        newer than ours, and L1 may since hold what either replaced: the next read asks
+        Redis).
         """
         with self.lock:
             too_big = size > self._max_entry_bytes
@@ -468,6 +470,15 @@ class LocalTier:
         if ticket is not None and (
             ticket.epoch != self._epoch or ticket.record[1] != ticket.generation
         ):
+            if write:
+                # What overtook our write may be older than it in Redis (then L1 may since
+                # have been refilled from Redis with the value our write replaced) or newer:
+                # only Redis knows, so keep neither; the next read asks it.
+                self._bump(key)
+                self.data.pop(key, None)
+                self._book.pop(key, None)
+                self.held.pop(key, None)
+                self._on_invalidate((key,))
             return False
         if ticket is None or write:
             self._bump(key)

@@ -33,13 +33,16 @@ class _Batch(list):  # type: ignore[type-arg]
     """The packed commands of one pipeline, one element per command."""
 
 
-def _splitting_connection(marker: bytes, between: Callable[[], None]) -> type[redis.Connection]:
-    """A connection class that sends a pipeline's commands one by one and, once ``armed``,
-    calls ``between()`` right after sending the first command that carries ``marker``,
-    before anything else (the rest of its pipeline, or reading its reply)."""
+def _splitting_connection(
+    marker: bytes, hooks: dict[str, Callable[[], None]]
+) -> type[redis.Connection]:
+    """A connection class that sends a pipeline's commands one by one and, once ``armed``
+    with the name of a hook, calls it right after sending the first command that carries
+    ``marker``, before anything else (the rest of its pipeline, or reading its reply), or,
+    armed with ``"before"``, right before sending it."""
 
     class SplittingConnection(redis.Connection):
-        armed = False
+        armed: str | None = None
 
         def pack_commands(self, commands: Any) -> Any:
             return _Batch(b"".join(self.pack_command(*command)) for command in commands)
@@ -47,10 +50,14 @@ def _splitting_connection(marker: bytes, between: Callable[[], None]) -> type[re
         def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             pieces = command if isinstance(command, _Batch) else [b"".join(command)]
             for i, packed in enumerate(pieces):
+                hook = SplittingConnection.armed if marker in packed else None
+                if hook is not None:
+                    SplittingConnection.armed = None
+                if hook == "before":
+                    hooks[hook]()
                 super().send_packed_command([packed], check_health and i == 0)
-                if SplittingConnection.armed and marker in packed:
-                    SplittingConnection.armed = False
-                    between()
+                if hook == "after":
+                    hooks[hook]()
 
     return SplittingConnection
 
@@ -72,7 +79,19 @@ def caches(redis_server: RedisServer, namespace: str) -> Iterator[dict[str, Any]
         made[1].set("k", "from-b")
         assert wait_until(lambda: _heard(made[0])[0] > heard), "A never heard B's set"
 
-    cls = _splitting_connection(b"from-a", between)
+    def before() -> None:
+        # The writer's write is about to be sent: another instance writes the key first, the
+        # writer hears of it and reads the key back into its L1 from Redis (from another
+        # thread, as a request would), all before the writer's own write runs.
+        heard = _heard(made[0])[0]
+        made[1].set("k", "from-b")
+        assert wait_until(lambda: _heard(made[0])[0] > heard), "A never heard B's set"
+        reader = threading.Thread(target=lambda: made[0].get("k"))
+        reader.start()
+        reader.join(WAIT)
+        assert made[0].stats()["l1_size"] >= 1
+
+    cls = _splitting_connection(b"from-a", {"after": between, "before": before})
     pool = redis.ConnectionPool(connection_class=cls, host="127.0.0.1", port=redis_server.port)
 
     def make(propagate_values: int) -> list[TierCache]:
@@ -119,12 +138,12 @@ def test_a_write_racing_another_on_the_wire_leaves_every_l1_with_what_redis_hold
     a.set("other", "warm")  # whatever A's write runs is loaded on the server now
     _wait_heard(a, b, c, heard, 1)
     heard = _heard(a, b, c)
-    caches["cls"].armed = True
+    caches["cls"].armed = "after"
     writer = threading.Thread(target=a.set, args=("k", "from-a"))
     writer.start()
     writer.join(WAIT)
     assert not writer.is_alive()
-    assert not caches["cls"].armed, "the writer's set was never sent"
+    assert caches["cls"].armed is None, "the writer's set was never sent"
     # Every instance hears both messages (A and B: the other's, and their own echo).
     _wait_heard(a, b, c, heard, 2)
     with TierCache(caches["raw"], namespace=a.namespace) as fresh:
@@ -142,9 +161,29 @@ def test_an_add_racing_a_set_on_the_wire_leaves_the_adder_with_what_redis_holds(
     for cache in (a, b, c):
         subscribed(cache, probe=True)
     a.add("other", "warm")  # whatever A's add runs is loaded on the server now
-    caches["cls"].armed = True
+    caches["cls"].armed = "after"
     assert a.add("k", "from-a")
-    assert not caches["cls"].armed, "the adder's write was never sent"
+    assert caches["cls"].armed is None, "the adder's write was never sent"
     with TierCache(caches["raw"], namespace=a.namespace) as fresh:
         assert fresh.get("k") == "from-b"  # B's set ran after A's add
     assert a.get("k") == "from-b"
+
+
+def test_a_write_whose_l1_was_refilled_with_an_older_value_meanwhile_drops_it(
+    caches: dict[str, Any],
+) -> None:
+    """B sets k just before A's set of k runs; A hears B's message while its own write is
+    on the wire (k is A's then: the message only drops it) and a request thread of A reads
+    "from-b" back from Redis into L1. A's write then runs: Redis holds "from-a", and A must
+    not keep serving "from-b" (it did when its write only skipped its own fill)."""
+    a, b, c = caches["make"](4096)
+    for cache in (a, b, c):
+        subscribed(cache, probe=True)
+    a.set("other", "warm")  # whatever A's write runs is loaded on the server now
+    caches["cls"].armed = "before"
+    a.set("k", "from-a")
+    assert caches["cls"].armed is None, "the writer's set was never sent"
+    with TierCache(caches["raw"], namespace=a.namespace) as fresh:
+        assert fresh.get("k") == "from-a"  # A's set ran after B's
+    assert a.get("k") == "from-a"
+    assert wait_until(lambda: b.get("k") == "from-a" and c.get("k") == "from-a")
