@@ -185,6 +185,9 @@ class Load:
                         loads.counters.l1_hits += 1
                         loads.telemetry.answered("l1", "hit")
                         return entry[0]
+                # Read the key again; only a READY heard from now on ends the next wait
+                # early (an older one, for an earlier lease, would make this loop spin).
+                registered_at = time.monotonic()
                 continue
             keep, keep_ms = b"", 0
             seen: bytes | None = None
