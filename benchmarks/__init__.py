@@ -11,6 +11,7 @@ BENCHMARKS = (
     "writes",
     "compression",
     "invalidation",
+    "listener",
     "telemetry",
     "refresh",
     "writers",

@@ -1,11 +1,12 @@
 """Reading what Redis pushes to a subscribed connection, straight from its socket.
 
 redis-py connects and subscribes (credentials, TLS, Sentinel, RESP version: all its
-options apply); from then on the subscriber's socket is read here. redis-py's read path
-(``PubSub.get_message``, its retry wrapper, parser and message dict) cost the listener
-thread 54-84 µs of CPU per message on this project's machines, a bare ``poll`` + ``recv``
-about 20 µs; every instance pays it for every message of its namespace, so it is what
-invalidation costs a busy process (``python -m benchmarks invalidation``).
+options apply); from then on the subscriber's socket is read here. Every instance reads
+every message of its namespace, and redis-py's read path (``PubSub.get_message``, its retry
+wrapper, parser and message dict) costs a reading thread about 50 µs of CPU per message on
+this project's machines, a bare ``poll`` + ``recv`` about 20 µs; with it, tiercache's
+listener spent 80-100 µs per message, now 55-65 µs, all of its handling included
+(``python -m benchmarks listener``).
 
 Only what a subscribed connection receives is understood: arrays and pushes of bulk
 strings and integers (messages, confirmations, RESP2's ``pong``), simple strings (RESP3's
