@@ -30,15 +30,16 @@ def make_cache(
         yield make
 
 
-def _values_refused_on(make_cache: Callable[..., TierCache]) -> None:
-    probe = make_cache()
-    if not probe.settings.propagate_values:
-        pytest.skip("Redis Cluster sends no values (see test_values_are_refused_on_a_cluster)")
+# Values are refused on a cluster (test_values_are_refused_on_a_cluster): the tests of what
+# they do run on fakeredis and the real server only.
+ONE_SERVER = pytest.mark.parametrize(
+    "redis_client", ["fake", pytest.param("real", marks=pytest.mark.redis)], indirect=True
+)
 
 
+@ONE_SERVER
 def test_a_set_puts_the_new_value_in_the_other_instances_l1(make_cache) -> None:
     """After A.set, B serves the new value from its own L1: no Redis read, no load."""
-    _values_refused_on(make_cache)
     a, b = make_cache(), make_cache()
     subscribed(a, probe=True)
     subscribed(b, probe=True)
@@ -51,9 +52,9 @@ def test_a_set_puts_the_new_value_in_the_other_instances_l1(make_cache) -> None:
     assert b.stats()["loads"] == 1
 
 
+@ONE_SERVER
 def test_a_value_over_the_limit_is_a_plain_invalidation(make_cache) -> None:
     """A value larger than propagate_values drops B's copy; B reads the new one from Redis."""
-    _values_refused_on(make_cache)
     a, b = make_cache(), make_cache()
     subscribed(a, probe=True)
     subscribed(b, probe=True)
@@ -65,10 +66,10 @@ def test_a_value_over_the_limit_is_a_plain_invalidation(make_cache) -> None:
     assert b.stats()["values_received"] == 0
 
 
+@ONE_SERVER
 def test_a_receivers_load_in_flight_does_not_overwrite_a_propagated_value(make_cache) -> None:
     """B starts loading k (slow); A sets k; B's older load ends after the value arrived: B
     keeps A's value (guarantee 3), in L1 and in Redis."""
-    _values_refused_on(make_cache)
     a, b = make_cache(), make_cache()
     subscribed(a, probe=True)
     subscribed(b, probe=True)
