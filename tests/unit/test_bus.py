@@ -23,6 +23,7 @@ from tiercache.messages import (
     OP_PROBE,
     OP_READY,
     OP_TAGS,
+    OP_VALUES,
     decode_message,
     encode_message,
 )
@@ -241,6 +242,25 @@ def test_inbox_recognises_its_own_probe_and_ignores_its_own_echo() -> None:
 
     assert receiver.calls == [("echo", 1)]
     assert (health.received, health.ignored, health.undecodable) == (4, 3, 1)
+
+
+def test_a_lost_message_carrying_a_value_flushes_before_the_next_value_is_kept() -> None:
+    """Values travel in numbered messages like invalidations: when one is lost (a gap), the
+    receiver flushes L1 first, so nothing it kept survives the write it never heard, and
+    only then keeps the value of the message that revealed the gap."""
+    receiver, health = RecordingReceiver(), BusHealth()
+    inbox = _inbox(receiver, health)
+
+    inbox.on_message(encode_message(ORIGIN, 1, OP_VALUES, [["k", b"v1"]]))
+    # number 2 (k = v2) never arrives
+    inbox.on_message(encode_message(ORIGIN, 3, OP_VALUES, [["other", b"x"]]))
+
+    assert receiver.calls == [
+        ("values", [["k", b"v1"]]),
+        ("flush", "sequence gap"),
+        ("values", [["other", b"x"]]),
+    ]
+    assert health.gaps == 1
 
 
 def test_an_unnumbered_ready_neither_sets_nor_breaks_an_origins_numbering() -> None:
