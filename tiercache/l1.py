@@ -330,10 +330,7 @@ class LocalTier:
                 return False  # an invalidation overtook the load: leave the newer state
             if ttl <= 0 or too_big:
                 # Nothing to store, but the older value must not stay readable.
-                self._bump(key)
-                self.data.pop(key, None)
-                self.held.pop(key, None)
-                self._book.pop(key, None)
+                self._drop(key)
                 return False
             now = self.timer()
             self._before_fills(now)
@@ -395,10 +392,7 @@ class LocalTier:
             for _ in range(len(invalidated) - RECENT_INVALIDATIONS):
                 del invalidated[next(iter(invalidated))]
             for key in keys:
-                self._bump(key)
-                self.data.pop(key, None)
-                self._book.pop(key, None)
-                self.held.pop(key, None)
+                self._drop(key)
             self._on_invalidate(keys)
 
     def invalidate_tags(self, tags: Iterable[str]) -> None:
@@ -474,10 +468,7 @@ class LocalTier:
                 # What overtook our write may be older than it in Redis (then L1 may since
                 # have been refilled from Redis with the value our write replaced) or newer:
                 # only Redis knows, so keep neither; the next read asks it.
-                self._bump(key)
-                self.data.pop(key, None)
-                self._book.pop(key, None)
-                self.held.pop(key, None)
+                self._drop(key)
                 self._on_invalidate((key,))
             return False
         if ticket is None or write:
@@ -522,6 +513,13 @@ class LocalTier:
 
     def _current(self, ticket: Ticket) -> bool:
         return ticket.epoch == self._epoch and ticket.record[1] == ticket.generation
+
+    def _drop(self, key: str) -> None:
+        # The key's entry and held value go, and its loads in flight are overtaken.
+        self._bump(key)
+        self.data.pop(key, None)
+        self._book.pop(key, None)
+        self.held.pop(key, None)
 
     def _bump(self, key: str) -> None:
         self.changes += 1
